@@ -1,0 +1,284 @@
+"""The config schema and the one merge path that validates user input against it.
+
+A run is fully described by an :class:`ExperimentConfig`: frozen, keyword-only
+dataclasses whose defaults live here and nowhere else. Shipped experiments are
+Python functions returning one (``cetl.experiments``); users change them with a
+YAML file of plain data (read with ``yaml.safe_load``) and ``--set a.b=c``
+overrides. Both go through :func:`merge`, which rejects unknown keys and wrong
+types *before anything runs*, naming the key, the valid keys and a "did you
+mean". Names of methods, networks and datasets are strings resolved through
+registries, never import paths, so a config file can never run code.
+
+Method-specific options live in a subclass of :class:`MethodConfig` nested in
+each method class (``Method.Config``); the ``method`` section is validated
+against the class of the method it names.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import types
+import typing
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+import yaml
+
+from cetl.errors import ConfigError
+from cetl.registry import did_you_mean
+
+Setting = Literal["domain_adaptation", "distillation", "transfer"]
+Profile = Literal["smoke", "quick", "paper"]
+PROFILES: tuple[str, ...] = typing.get_args(Profile)
+
+
+@dataclass(frozen=True, kw_only=True)
+class DataConfig:
+    """Which data a run sees and how it is prepared (METHOD.md §8)."""
+
+    source: str = "mnist"
+    """Labelled source dataset (a ``cetl list datasets`` name)."""
+    target: str = "usps"
+    """Target dataset; in domain adaptation its training labels are never read."""
+    protocol: Literal["drcn", "adda"] = "drcn"
+    """``drcn``: full sets, 32×32 grey in [0,1]. ``adda``: 2,000 MNIST / 1,800 USPS, 28×28."""
+    source_train_limit: int | None = None
+    """Use a seeded subset of this many source training images (``None``: the protocol's count)."""
+    target_train_limit: int | None = None
+    """Use a seeded subset of this many target training images (``None``: the protocol's count)."""
+    test_limit: int | None = None
+    """Evaluate on a seeded subset of the target test set (``None``: all of it; only ``smoke`` sets it)."""
+    val_fraction: float = 0.1
+    """Fraction of the labelled training data held out for model selection."""
+    split_seed: int = 0
+    """Seed of the subset and validation splits; separate from ``seed`` so seeds share one split."""
+    transductive: bool = False
+    """Unlabelled target images from the target *test* split, as DRCN's own code did (METHOD.md §8)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class NetworkConfig:
+    """The target network T2 (METHOD.md §7)."""
+
+    name: str = "lenet"
+    """A ``cetl list networks`` name."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class OptimizerConfig:
+    """Optimiser of every update (METHOD.md §9: Adam 3e-4, as DRCN)."""
+
+    name: Literal["adam", "adamw", "sgd"] = "adam"
+    lr: float = 3e-4
+    weight_decay: float = 0.0
+    momentum: float = 0.9
+    """Only used by ``sgd``."""
+    max_grad_norm: float | None = None
+    """Clip the gradient norm of each update to this value (``None``: no clipping)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class TrainConfig:
+    """The engine's budget, evaluation and bookkeeping."""
+
+    rounds: int = 8
+    """Rounds to run; a round runs each of the method's stages once (D7: ``max_rounds``)."""
+    stage_epochs: int = 1
+    """Epochs each stage runs per round (D7)."""
+    batch_size: int = 128
+    max_steps_per_epoch: int | None = None
+    """Cap on steps per stage epoch (``smoke`` uses it to keep tests to seconds)."""
+    selection: Literal["auto", "source_val", "last"] = "auto"
+    """Model selection without target labels: best source-validation accuracy, or the last
+    round. ``auto`` is ``source_val`` when the labelled data is source data, else ``last``."""
+    device: str = "auto"
+    """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
+    amp: bool = True
+    """bf16 autocast on CUDA; ignored on CPU."""
+    log_every: int = 50
+    """Steps between training-loss records in ``metrics.jsonl`` and TensorBoard."""
+    tensorboard: bool = True
+    progress: bool = True
+    """Show progress bars (on a terminal only)."""
+
+
+@dataclass(frozen=True, kw_only=True)
+class MethodConfig:
+    """Base of every method's options; ``name`` picks the method (``cetl list methods``)."""
+
+    name: str = "source_only"
+
+
+@dataclass(frozen=True, kw_only=True)
+class ExperimentConfig:
+    """Everything that defines a run; ``config.yaml`` in a run folder is this, resolved."""
+
+    experiment: str
+    """Name of the shipped experiment this config derives from (``cetl list experiments``)."""
+    setting: Setting
+    profile: Profile
+    seed: int = 0
+    data: DataConfig = field(default_factory=DataConfig)
+    network: NetworkConfig = field(default_factory=NetworkConfig)
+    method: MethodConfig = field(default_factory=MethodConfig)
+    optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
+    train: TrainConfig = field(default_factory=TrainConfig)
+
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    """The options class of method ``name``; unknown names fail with the registry's message."""
+    from cetl.methods import METHODS  # lazy: methods import this module
+
+    return METHODS.get(name).Config
+
+
+# --------------------------------------------------------------------------- merging
+
+
+def merge(config: Any, overrides: Mapping[str, Any], *, where: str = "") -> Any:
+    """Return ``config`` with ``overrides`` applied, after validating every key and value.
+
+    Args:
+        config: a dataclass instance from this schema.
+        overrides: nested plain data (as from YAML); missing keys keep their values.
+        where: dotted path of ``config`` inside the root, for error messages.
+
+    Raises:
+        ConfigError: on an unknown key, a value of the wrong type, or a non-mapping where a
+            section is expected; the message names the key and what would be valid.
+    """
+    if not isinstance(overrides, Mapping):
+        raise ConfigError(
+            f"'{where or '<root>'}' must be a mapping of keys to values, got "
+            f"{type(overrides).__name__} {overrides!r}"
+        )
+    if dataclasses.is_dataclass(config) and isinstance(config, MethodConfig):
+        name = overrides.get("name", config.name)
+        if not isinstance(name, str):
+            raise ConfigError(f"'{_join(where, 'name')}' must be a string, got {name!r}")
+        cls = method_config_class(name)
+        if type(config) is not cls:
+            config = cls(name=name)
+    hints = typing.get_type_hints(type(config))
+    valid = [f.name for f in dataclasses.fields(config)]
+    changes: dict[str, Any] = {}
+    for key, value in overrides.items():
+        path = _join(where, str(key))
+        if key not in valid:
+            raise ConfigError(
+                f"unknown key '{path}';{did_you_mean(str(key), valid)} "
+                f"valid keys{' in ' + where if where else ''}: {', '.join(valid)}"
+            )
+        current = getattr(config, key)
+        if dataclasses.is_dataclass(current):
+            changes[key] = merge(current, value, where=path)
+        else:
+            changes[key] = _check_value(value, hints[key], path)
+    return dataclasses.replace(config, **changes)
+
+
+def _join(where: str, key: str) -> str:
+    return f"{where}.{key}" if where else key
+
+
+def _check_value(value: Any, annotation: Any, path: str) -> Any:
+    """``value`` if it fits ``annotation`` (an int is accepted for a float), else ConfigError."""
+    origin = typing.get_origin(annotation)
+    if origin is Literal:
+        choices = typing.get_args(annotation)
+        if value in choices and type(value) is type(choices[0]):
+            return value
+        hint = did_you_mean(str(value), [str(c) for c in choices])
+        raise ConfigError(
+            f"invalid value {value!r} for '{path}';{hint} expected one of: "
+            + ", ".join(repr(c) for c in choices)
+        )
+    if origin in (typing.Union, types.UnionType):
+        args = typing.get_args(annotation)
+        if value is None and type(None) in args:
+            return None
+        for arg in args:
+            if arg is type(None):
+                continue
+            try:
+                return _check_value(value, arg, path)
+            except ConfigError:
+                continue
+        raise ConfigError(f"invalid value {value!r} for '{path}': expected {_type_name(annotation)}")
+    if annotation is float and isinstance(value, int) and not isinstance(value, bool):
+        return float(value)
+    if annotation in (int, float, str, bool):
+        if isinstance(value, annotation) and not (annotation is int and isinstance(value, bool)):
+            return value
+        raise ConfigError(
+            f"invalid value {value!r} for '{path}': expected {_type_name(annotation)}, "
+            f"got {type(value).__name__}"
+        )
+    raise TypeError(f"config field '{path}' has an unsupported annotation {annotation!r}")
+
+
+def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return " or ".join(_type_name(a) for a in typing.get_args(annotation))
+    if annotation is type(None):
+        return "null"
+    return getattr(annotation, "__name__", str(annotation))
+
+
+# --------------------------------------------------------------------------- overrides and files
+
+
+def parse_set_overrides(items: list[str]) -> dict[str, Any]:
+    """Turn ``["a.b=1", "a.c=x"]`` into ``{"a": {"b": 1, "c": "x"}}``.
+
+    Values are parsed as YAML scalars (``3`` → int, ``true`` → bool, ``null`` → None), so
+    ``--set`` accepts exactly what a config file would.
+    """
+    nested: dict[str, Any] = {}
+    for item in items:
+        key, sep, raw = item.partition("=")
+        if not sep or not key.strip():
+            raise ConfigError(f"--set expects KEY=VALUE (e.g. train.rounds=4), got '{item}'")
+        try:
+            value = yaml.safe_load(raw) if raw.strip() else ""
+        except yaml.YAMLError as error:
+            raise ConfigError(f"--set {item}: the value is not valid YAML ({error})") from None
+        parts = key.strip().split(".")
+        node = nested
+        for part in parts[:-1]:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise ConfigError(f"--set {item}: '{part}' was already set to a value")
+        node[parts[-1]] = value
+    return nested
+
+
+def read_yaml(path: str) -> dict[str, Any]:
+    """Load a user config file safely (``yaml.safe_load``); it must be a mapping."""
+    try:
+        with open(path, encoding="utf-8") as handle:
+            data = yaml.safe_load(handle)
+    except FileNotFoundError:
+        raise ConfigError(f"config file '{path}' does not exist") from None
+    except yaml.YAMLError as error:
+        raise ConfigError(f"config file '{path}' is not valid YAML: {error}") from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict):
+        raise ConfigError(
+            f"config file '{path}' must hold a mapping like "
+            f"'{{experiment: digits_mn_to_us, method: {{name: source_only}}}}', "
+            f"got {type(data).__name__}"
+        )
+    return data
+
+
+def to_dict(config: Any) -> dict[str, Any]:
+    """Plain nested data for ``config.yaml`` and ``summary.json``."""
+    return dataclasses.asdict(config)
+
+
+def dump_yaml(config: ExperimentConfig) -> str:
+    """The resolved config as YAML, in schema order, loadable by ``cetl train FILE``."""
+    return yaml.safe_dump(to_dict(config), sort_keys=False)

@@ -1,0 +1,390 @@
+"""The one training loop: rounds → stages → steps → updates.
+
+Every method, CETL and baselines alike, trains here; a method only supplies
+stages and named, unweighted loss terms (``cetl.methods.base``). Read top to
+bottom, :func:`train` is the whole story:
+
+    for round in rounds:                       # resumable at round boundaries
+        for stage in method.stages(round):
+            for epoch, step:                   # batches indexed in place on the device
+                for update in stage.updates:   # weighted sum → backward → clip → step
+        evaluate; select without target labels; checkpoint atomically
+
+Launch: ``cetl train EXPERIMENT [--method M] [--profile P]`` (single process).
+
+Determinism: every random stream (batch order, dropout) is seeded from the run
+seed and the round, stage, epoch and stream names, so a run interrupted after
+round k and resumed reproduces the uninterrupted run bit for bit on CPU.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cetl.config import OptimizerConfig, TrainConfig
+from cetl.data.digits import LabelledSet, seeded_generator
+from cetl.engine.checkpoint import load_checkpoint, save_checkpoint
+from cetl.engine.logging import MetricsLog, progress
+from cetl.errors import ConfigError, RunError
+from cetl.methods.base import Batch, Method, Stage, Stream, Update
+
+LAST_CHECKPOINT = "last.pt"
+BEST_CHECKPOINT = "best.pt"
+EVAL_BATCH_SIZE = 1024
+
+
+@dataclass(frozen=True)
+class TrainingData:
+    """Device-resident tensors a run reads.
+
+    Attributes:
+        labelled: labelled training images (source images in domain adaptation).
+        labelled_val: held-out part of the labelled data, used for model selection.
+        target: unlabelled target training images ``(N, C, H, W)``.
+        target_test: labelled target test data; read only to *report* accuracy.
+    """
+
+    labelled: LabelledSet
+    labelled_val: LabelledSet
+    target: Tensor
+    target_test: LabelledSet
+
+    def to(self, device: torch.device) -> TrainingData:
+        return TrainingData(
+            self.labelled.to(device),
+            self.labelled_val.to(device),
+            self.target.to(device),
+            self.target_test.to(device),
+        )
+
+
+@dataclass
+class TrainingResult:
+    """What a finished run reports (``summary.json`` adds the experiment's identity)."""
+
+    selected_by: str
+    selected_round: int
+    target_test_accuracy: float
+    val_accuracy: float
+    rounds: int
+    steps: dict[str, int]
+    wall_seconds: float
+    device: str
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+
+def resolve_device(name: str) -> torch.device:
+    """``auto`` → CUDA when available, else CPU; an unavailable device is a clear error."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(name)
+    except RuntimeError:
+        raise ConfigError(f"train.device '{name}' is not a device; use auto, cpu, cuda or cuda:N") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise ConfigError(f"train.device is '{name}' but CUDA is not available; use train.device=cpu")
+    return device
+
+
+def resolve_selection(selection: str, labelled_domain: str) -> str:
+    """Model selection that never reads target labels (METHOD.md §8)."""
+    if selection == "auto":
+        return "source_val" if labelled_domain == "source" else "last"
+    if selection == "source_val" and labelled_domain != "source":
+        raise ConfigError(
+            "train.selection=source_val needs labelled source data, but this method trains on "
+            "target labels; use train.selection=last (or auto)"
+        )
+    return selection
+
+
+def make_optimizer(parameters: list[nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
+    """The optimiser named in the config; each (stage, update) gets its own, kept across rounds (D7)."""
+    if not parameters:
+        raise ConfigError("an update has no trainable parameters; check the method's networks")
+    if config.name == "adam":
+        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    if config.name == "adamw":
+        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    return torch.optim.SGD(
+        parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+    )
+
+
+def run_update(
+    update: Update,
+    batch: Batch,
+    optimizer: torch.optim.Optimizer,
+    *,
+    max_grad_norm: float | None,
+    autocast: contextlib.AbstractContextManager[Any],
+) -> dict[str, Tensor]:
+    """One optimiser step on the weighted sum of the update's loss terms.
+
+    Returns detached terms plus their weighted ``loss``: tensors, not floats, because
+    ``.item()`` would synchronise with the GPU on every step; the loop converts them only on
+    logging steps.
+    """
+    with autocast:
+        terms = update.losses(batch)
+    total = sum(update.weights.get(name, 1.0) * term.float() for name, term in terms.items())
+    optimizer.zero_grad(set_to_none=True)
+    total.backward()
+    if max_grad_norm is not None:
+        torch.nn.utils.clip_grad_norm_(list(update.parameters()), max_grad_norm)
+    optimizer.step()
+    return {name: term.detach() for name, term in terms.items()} | {"loss": total.detach()}
+
+
+@torch.inference_mode()
+def accuracy(method: Method, data: LabelledSet, *, autocast: contextlib.AbstractContextManager[Any]) -> float:
+    """Top-1 accuracy (a fraction) of ``method.predict`` on ``data``, in eval mode."""
+    was_training = method.training
+    method.eval()
+    correct = torch.zeros((), dtype=torch.long, device=data.y.device)
+    for start in range(0, len(data), EVAL_BATCH_SIZE):
+        with autocast:
+            logits = method.predict(data.x[start : start + EVAL_BATCH_SIZE])
+        correct += (logits.argmax(dim=1) == data.y[start : start + EVAL_BATCH_SIZE]).sum()
+    method.train(was_training)
+    return correct.item() / max(1, len(data))
+
+
+def _stream_tensors(data: TrainingData, stream: Stream) -> tuple[Tensor, Tensor | None]:
+    if stream == "labelled":
+        return data.labelled.x, data.labelled.y
+    return data.target, None
+
+
+def _batches(
+    data: TrainingData,
+    stage: Stage,
+    *,
+    batch_size: int,
+    max_steps: int | None,
+    seed: int,
+    tag: tuple[Any, ...],
+) -> tuple[int, Iterator[Batch]]:
+    """(number of steps, iterator of batches) for one epoch of ``stage``.
+
+    The first stream sets the epoch length (full batches only, unless the stream is smaller
+    than one batch); the others are cycled, each with its own seeded order.
+    """
+    sizes = [len(_stream_tensors(data, s)[0]) for s in stage.streams]
+    steps = max(1, sizes[0] // batch_size)
+    if max_steps is not None:
+        steps = min(steps, max_steps)
+
+    def indices(stream: Stream, size: int) -> Iterator[Tensor]:
+        pass_index = 0
+        while True:
+            generator = seeded_generator(seed, *map(str, tag), stream, str(pass_index))
+            order = torch.randperm(size, generator=generator)
+            usable = max(1, size // batch_size) * batch_size if size >= batch_size else size
+            for start in range(0, usable, batch_size):
+                yield order[start : start + batch_size]
+            pass_index += 1
+
+    def generate() -> Iterator[Batch]:
+        iterators = [indices(s, n) for s, n in zip(stage.streams, sizes, strict=True)]
+        for _ in range(steps):
+            fields: dict[str, Tensor | None] = {}
+            for stream, iterator in zip(stage.streams, iterators, strict=True):
+                x, y = _stream_tensors(data, stream)
+                index = next(iterator).to(x.device)
+                if stream == "labelled":
+                    fields["x"], fields["y"] = x[index], y[index]
+                else:
+                    fields["x_tgt"] = x[index]
+            yield Batch(**fields)
+
+    return steps, generate()
+
+
+def train(
+    method: Method,
+    data: TrainingData,
+    *,
+    train_config: TrainConfig,
+    optimizer_config: OptimizerConfig,
+    seed: int,
+    run_dir: Path,
+    resume: bool,
+) -> TrainingResult:
+    """Train ``method`` for ``train_config.rounds`` rounds, checkpointing each one.
+
+    Model selection reads the labelled validation split or takes the last round; the
+    target test accuracy is computed every round for the record but never chooses anything.
+
+    Raises:
+        RunError: on resume, when the checkpoint is missing or does not match the method.
+    """
+    device = resolve_device(train_config.device)
+    selection = resolve_selection(train_config.selection, method.labelled_domain)
+    method.to(device)
+    data = data.to(device)
+    use_amp = train_config.amp and device.type == "cuda"
+    autocast: contextlib.AbstractContextManager[Any] = (
+        torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
+    )
+    networks = method.trainable_networks()
+
+    start_round, steps, elapsed = 0, {}, 0.0
+    best: dict[str, Any] = {"round": -1, "val_accuracy": -math.inf, "target_test_accuracy": math.nan}
+    optimizer_states: dict[str, Any] = {}
+    history: list[dict[str, Any]] = []
+    if resume:
+        checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
+        _load_networks(networks, checkpoint["networks"], run_dir / LAST_CHECKPOINT)
+        start_round = int(checkpoint["rounds_done"])
+        steps, elapsed = dict(checkpoint["steps"]), float(checkpoint["elapsed"])
+        best, history = dict(checkpoint["best"]), list(checkpoint["history"])
+        optimizer_states = dict(checkpoint["optimizers"])
+    log = MetricsLog(
+        run_dir / "metrics.jsonl",
+        tensorboard_dir=run_dir / "tensorboard" if train_config.tensorboard else None,
+        resume_after_round=start_round - 1 if resume else None,
+    )
+    optimizers: dict[str, torch.optim.Optimizer] = {}
+
+    def optimizer_for(stage: Stage, update: Update) -> torch.optim.Optimizer:
+        key = f"{stage.name}/{update.name}"
+        if key not in optimizers:
+            optimizers[key] = make_optimizer(list(update.parameters()), optimizer_config)
+            if key in optimizer_states:
+                optimizers[key].load_state_dict(optimizer_states.pop(key))
+        return optimizers[key]
+
+    started = time.perf_counter() - elapsed
+    global_step = sum(steps.values())
+    try:
+        for round_index in range(start_round, train_config.rounds):
+            torch.manual_seed(seeded_generator(seed, "round", str(round_index)).initial_seed())
+            method.train()
+            for stage in method.stages(round_index):
+                for epoch in range(train_config.stage_epochs):
+                    count, batches = _batches(
+                        data,
+                        stage,
+                        batch_size=train_config.batch_size,
+                        max_steps=train_config.max_steps_per_epoch,
+                        seed=seed,
+                        tag=("batches", round_index, stage.name, epoch),
+                    )
+                    description = f"round {round_index + 1}/{train_config.rounds} {stage.name}"
+                    for batch in progress(
+                        batches, total=count, description=description, enabled=train_config.progress
+                    ):
+                        terms: dict[str, Tensor] = {}
+                        for update in stage.updates:
+                            for name, value in run_update(
+                                update,
+                                batch,
+                                optimizer_for(stage, update),
+                                max_grad_norm=optimizer_config.max_grad_norm,
+                                autocast=autocast,
+                            ).items():
+                                terms[f"loss_{update.name}" if name == "loss" else name] = value
+                        steps[stage.name] = steps.get(stage.name, 0) + 1
+                        global_step += 1
+                        if global_step % train_config.log_every == 0:
+                            values = _checked_floats(terms, stage.name)
+                            log.write(
+                                {
+                                    "kind": "train",
+                                    "round": round_index,
+                                    "stage": stage.name,
+                                    "step": global_step,
+                                    **values,
+                                },
+                                step=global_step,
+                            )
+                    _checked_floats(terms, stage.name)  # once per epoch even when no step logged
+                if stage.on_end is not None:
+                    stage.on_end()
+
+            record = {
+                "kind": "eval",
+                "round": round_index,
+                "step": global_step,
+                "val_accuracy": accuracy(method, data.labelled_val, autocast=autocast),
+                "target_test_accuracy": accuracy(method, data.target_test, autocast=autocast),
+            }
+            history.append(record)
+            log.write(record, step=global_step)
+            improved = record["val_accuracy"] > best["val_accuracy"]
+            if selection == "last" or improved:
+                best = {k: record[k] for k in ("round", "val_accuracy", "target_test_accuracy")}
+                save_checkpoint(run_dir / BEST_CHECKPOINT, {"networks": _state(networks), "best": best})
+            save_checkpoint(
+                run_dir / LAST_CHECKPOINT,
+                {
+                    "rounds_done": round_index + 1,
+                    "networks": _state(networks),
+                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()} | optimizer_states,
+                    "steps": steps,
+                    "elapsed": time.perf_counter() - started,
+                    "best": best,
+                    "history": history,
+                },
+            )
+    finally:
+        log.close()
+
+    selected = load_checkpoint(run_dir / BEST_CHECKPOINT, map_location=device)
+    _load_networks(networks, selected["networks"], run_dir / BEST_CHECKPOINT)
+    return TrainingResult(
+        selected_by=selection,
+        selected_round=int(best["round"]),
+        target_test_accuracy=float(best["target_test_accuracy"]),
+        val_accuracy=float(best["val_accuracy"]),
+        rounds=train_config.rounds,
+        steps=steps,
+        wall_seconds=time.perf_counter() - started,
+        device=str(device),
+        history=history,
+    )
+
+
+def _checked_floats(terms: dict[str, Tensor], stage: str) -> dict[str, float]:
+    """Loss terms as floats; a non-finite one stops the run with advice.
+
+    Checked on logging steps and at epoch ends rather than every step, because reading a
+    value synchronises with the GPU.
+    """
+    values = {name: float(value) for name, value in terms.items()}
+    if not all(math.isfinite(v) for v in values.values()):
+        raise RunError(
+            f"stage '{stage}' produced a non-finite loss ({values}); lower optimizer.lr or set "
+            f"optimizer.max_grad_norm"
+        )
+    return values
+
+
+def _state(networks: dict[str, nn.Module]) -> dict[str, dict[str, Tensor]]:
+    return {name: net.state_dict() for name, net in networks.items()}
+
+
+def _load_networks(networks: dict[str, nn.Module], states: dict[str, Any], origin: Path) -> None:
+    if set(states) != set(networks):
+        raise RunError(
+            f"'{origin}' holds networks {sorted(states)} but this method trains {sorted(networks)}; "
+            f"it was written by another method or version"
+        )
+    for name, network in networks.items():
+        try:
+            network.load_state_dict(states[name])
+        except RuntimeError as error:
+            raise RunError(
+                f"'{origin}': the weights of '{name}' do not fit this network "
+                f"({str(error).splitlines()[0]}); was the network or data changed?"
+            ) from None

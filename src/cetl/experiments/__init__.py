@@ -1,0 +1,76 @@
+"""Shipped experiments: Python functions ``profile -> ExperimentConfig``, in one registry.
+
+Names follow ``<setting>_<source>_to_<target>``; ``cetl list experiments`` shows them.
+:func:`resolve` is the one path from a command line (experiment or YAML file, method,
+profile, seed, ``--set``) to a validated config.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+from cetl.config import PROFILES, ExperimentConfig, merge, parse_set_overrides, read_yaml
+from cetl.errors import ConfigError
+from cetl.experiments import digits
+from cetl.registry import Registry, did_you_mean
+
+ExperimentFn = Callable[[str], ExperimentConfig]
+EXPERIMENTS: Registry[ExperimentFn] = Registry("experiment", contract="fn(profile: str) -> ExperimentConfig")
+for _name, _fn in digits.EXPERIMENTS.items():
+    EXPERIMENTS.add(_name, _fn)
+
+DEFAULT_PROFILE = "quick"
+
+
+def is_config_file(target: str) -> bool:
+    """Whether a ``cetl train`` target names a YAML file rather than an experiment."""
+    return target.endswith((".yaml", ".yml")) or Path(target).is_file()
+
+
+def resolve(
+    target: str,
+    *,
+    method: str | None = None,
+    profile: str | None = None,
+    seed: int | None = None,
+    sets: list[str] | None = None,
+) -> ExperimentConfig:
+    """The validated config for a command line.
+
+    Precedence, lowest first: the experiment's profile defaults, the YAML file, ``--method``,
+    ``--seed``, then ``--set`` overrides. A ``--method`` that differs from the file's method
+    starts from that method's defaults.
+
+    Raises:
+        ConfigError: unknown experiment, profile, method or key, or a wrong type.
+    """
+    file_overrides: dict[str, Any] = {}
+    if is_config_file(target):
+        file_overrides = read_yaml(target)
+        name = file_overrides.pop("experiment", None)
+        if not isinstance(name, str):
+            raise ConfigError(
+                f"config file '{target}' must name the experiment it changes, e.g. "
+                f"'experiment: digits_mn_to_us' (known: {', '.join(EXPERIMENTS.names())})"
+            )
+        file_profile = file_overrides.pop("profile", None)
+        profile = profile or file_profile
+    else:
+        name = target
+    profile = profile or DEFAULT_PROFILE
+    if profile not in PROFILES:
+        raise ConfigError(
+            f"unknown profile '{profile}';{did_you_mean(profile, list(PROFILES))} "
+            f"known profiles: {', '.join(PROFILES)}"
+        )
+    config = EXPERIMENTS.get(name)(profile)
+    config = merge(config, file_overrides)
+    if method is not None:
+        config = merge(config, {"method": {"name": method}})
+    if seed is not None:
+        config = merge(config, {"seed": seed})
+    if sets:
+        config = merge(config, parse_set_overrides(sets))
+    return config

@@ -1,0 +1,1 @@
+"""Pure loss functions; each cites the paper equation it implements."""

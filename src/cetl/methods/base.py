@@ -1,0 +1,108 @@
+"""The contracts every method fits: Update, Stage, Method (DESIGN.md, "Contracts").
+
+A method only *describes* training: which parameters each update trains and which
+named, unweighted loss terms it minimises. The engine (``cetl.engine.loop``) owns
+everything else — optimisers, backward, clipping, AMP, logging, evaluation,
+checkpoints — so every method, CETL and baselines alike, runs through one loop.
+"""
+
+from __future__ import annotations
+
+import abc
+from collections.abc import Callable, Iterator, Mapping
+from dataclasses import dataclass, field
+from typing import ClassVar, Literal
+
+from torch import Tensor, nn
+
+from cetl.config import MethodConfig
+
+Stream = Literal["labelled", "target"]
+"""``labelled``: the labelled training data (source images in domain adaptation, target images
+otherwise). ``target``: unlabelled target training images (labels are never loaded)."""
+
+
+@dataclass(frozen=True)
+class Batch:
+    """One step's data; fields a stage did not ask for are ``None``.
+
+    Attributes:
+        x: labelled images ``(B, C, H, W)``.
+        y: their labels ``(B,)``.
+        x_tgt: unlabelled target images ``(B, C, H, W)``.
+    """
+
+    x: Tensor | None = None
+    y: Tensor | None = None
+    x_tgt: Tensor | None = None
+
+
+@dataclass(frozen=True)
+class Update:
+    """One optimiser step per training step: ``networks``' parameters against ``losses``.
+
+    Attributes:
+        name: stable identifier; with the stage name it keys the optimiser and its checkpoint.
+        networks: modules whose trainable parameters this update changes.
+        losses: ``batch -> {term name: scalar}``, unweighted.
+        weights: per-term weights (Eq. 3's λ, Eq. 6's λ1..λ3, DWA λs); missing terms weigh 1.
+    """
+
+    name: str
+    networks: tuple[nn.Module, ...]
+    losses: Callable[[Batch], dict[str, Tensor]]
+    weights: Mapping[str, float] = field(default_factory=dict)
+
+    def parameters(self) -> Iterator[nn.Parameter]:
+        """Trainable parameters, each once, in a stable order."""
+        seen: set[int] = set()
+        for network in self.networks:
+            for parameter in network.parameters():
+                if parameter.requires_grad and id(parameter) not in seen:
+                    seen.add(id(parameter))
+                    yield parameter
+
+
+@dataclass(frozen=True)
+class Stage:
+    """A phase of a round: its data streams and the updates run in order each step.
+
+    Attributes:
+        name: ``classify``, ``reconstruct_source``, ...; shown in logs and progress bars.
+        streams: data the stage draws; the first stream's size sets the epoch length and the
+            others are cycled alongside it.
+        updates: run in this order on every step's batch.
+        on_end: called once after the stage's epochs (e.g. to compute a GFI).
+    """
+
+    name: str
+    streams: tuple[Stream, ...]
+    updates: tuple[Update, ...]
+    on_end: Callable[[], None] | None = None
+
+
+class Method(nn.Module, metaclass=abc.ABCMeta):
+    """Base class of every registered method.
+
+    Registry contract: ``cls(config: cls.Config, *, target_net: TapNetwork) -> Method``.
+
+    Attributes:
+        Config: the method's options (a :class:`MethodConfig` subclass).
+        labelled_domain: whose labels the method trains on; decides what the ``labelled``
+            stream holds and whether model selection can use source validation.
+    """
+
+    Config: ClassVar[type[MethodConfig]] = MethodConfig
+    labelled_domain: ClassVar[Literal["source", "target"]] = "source"
+
+    @abc.abstractmethod
+    def stages(self, round_index: int) -> list[Stage]:
+        """The stages of round ``round_index`` (0-based), in order."""
+
+    @abc.abstractmethod
+    def predict(self, x: Tensor) -> Tensor:
+        """Class logits ``(B, K)`` of the network being trained."""
+
+    @abc.abstractmethod
+    def trainable_networks(self) -> dict[str, nn.Module]:
+        """Networks the engine trains, checkpoints and (later) wraps in DDP; never the source."""

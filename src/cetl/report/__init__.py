@@ -1,0 +1,1 @@
+"""Reports: measured numbers beside the paper's, with plots."""

@@ -1,0 +1,107 @@
+"""Render run summaries as a Markdown comparison with plots.
+
+Input is the list of ``summary.json`` dicts of the runs to compare; output is a
+Markdown table (measured vs paper) and PNG plots beside it. Formatting lives in
+small pure functions so tests can check the exact text.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from cetl.engine.checkpoint import atomic_write_bytes, atomic_write_text
+from cetl.experiments.paper import paper_accuracy
+
+METHOD_NOTES = {
+    "target_only": "oracle: trained on target labels, which domain adaptation may not read",
+}
+
+
+def format_percent(fraction: float | None) -> str:
+    """``0.8123`` → ``81.23``; missing values as an en dash."""
+    return "–" if fraction is None else f"{100 * fraction:.2f}"
+
+
+def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
+    """A Markdown table: one row per run, measured accuracy beside the paper's number."""
+    lines = [
+        "| method | target test acc. (%) | paper (%) | source val acc. (%) | selected by "
+        "| rounds | time (s) |",
+        "|---|---:|---:|---:|---|---:|---:|",
+    ]
+    for s in summaries:
+        paper = paper_accuracy(s["method"], s["experiment"])
+        note = METHOD_NOTES.get(s["method"])
+        name = f"{s['method']}*" if note else s["method"]
+        val = format_percent(s["val_accuracy"]) if s["selected_by"] == "source_val" else "–"
+        lines.append(
+            f"| {name} | {format_percent(s['target_test_accuracy'])} | "
+            f"{'–' if paper is None else f'{paper:.2f}'} | {val} | {s['selected_by']} | "
+            f"{s['selected_round'] + 1}/{s['rounds']} | {s['wall_seconds']:.0f} |"
+        )
+    notes = [
+        f"\\* {m}: {METHOD_NOTES[m]}."
+        for m in dict.fromkeys(s["method"] for s in summaries)
+        if m in METHOD_NOTES
+    ]
+    return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
+
+
+def plot_curves(summaries: Sequence[dict[str, Any]], path: Path) -> None:
+    """Target test and validation accuracy per round, one line pair per run (PNG)."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    figure, axis = plt.subplots(figsize=(6.4, 4.0), dpi=120)
+    for s in summaries:
+        rounds = [h["round"] + 1 for h in s["history"]]
+        line = axis.plot(
+            rounds,
+            [100 * h["target_test_accuracy"] for h in s["history"]],
+            marker="o",
+            label=f"{s['method']}: target test",
+        )[0]
+        axis.plot(
+            rounds,
+            [100 * h["val_accuracy"] for h in s["history"]],
+            linestyle="--",
+            color=line.get_color(),
+            alpha=0.6,
+            label=f"{s['method']}: validation",
+        )
+    axis.set_xlabel("round")
+    axis.set_ylabel("accuracy (%)")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def write_report(summaries: Sequence[dict[str, Any]], out_dir: Path, *, title: str, intro: str) -> Path:
+    """``report.md`` with the comparison table and ``curves.png``; returns the report's path."""
+    plot_curves(summaries, out_dir / "curves.png")
+    first = summaries[0]
+    details = (
+        f"- experiment `{first['experiment']}`, profile `{first['profile']}`, seed {first['seed']}, "
+        f"network `{first['network']}`, protocol `{first['protocol']}`\n"
+        f"- data: {first['data_root']}; sizes {first['data_sizes']}\n"
+        f"- device: {first['device']}; cetl {first['cetl_version']}\n"
+    )
+    notes = sorted({n for s in summaries for n in s.get("data_notes", [])})
+    text = (
+        f"# {title}\n\n{intro}\n\n{comparison_table(summaries)}\n"
+        f"![accuracy per round](curves.png)\n\n## Setup\n\n{details}"
+        + ("".join(f"- note: {n}\n" for n in notes))
+    )
+    path = out_dir / "report.md"
+    atomic_write_text(path, text)
+    return path

@@ -1,0 +1,116 @@
+"""Using a trained run: classify image files, export the target network.
+
+Both rebuild the network from the run's ``config.yaml`` and load the selected weights
+(``best.pt``) with ``weights_only=True``; neither needs the training data.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from cetl.build import DataInfo, build_target_net
+from cetl.config import ExperimentConfig
+from cetl.data.datasets import DATASETS, RawSplit
+from cetl.data.digits import PROTOCOLS, to_protocol
+from cetl.engine.checkpoint import load_checkpoint
+from cetl.engine.loop import BEST_CHECKPOINT
+from cetl.errors import CetlError, RunError
+from cetl.networks import TapNetwork
+from cetl.runs import read_config
+
+
+def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, TapNetwork, DataInfo]:
+    """T2 of a finished run with its selected weights, in eval mode."""
+    config = read_config(run_dir)
+    protocol = PROTOCOLS[config.data.protocol]
+    info = DataInfo(
+        num_classes=DATASETS.get(config.data.target).num_classes,
+        channels=protocol.channels,
+        image_size=protocol.image_size,
+        sizes={},
+        notes=(),
+    )
+    net = build_target_net(config, info)
+    states = load_checkpoint(run_dir / BEST_CHECKPOINT).get("networks", {})
+    if "target_net" not in states:
+        raise RunError(f"'{run_dir / BEST_CHECKPOINT}' holds no target network weights")
+    net.load_state_dict(states["target_net"])
+    return config, net.eval(), info
+
+
+def read_images(paths: list[Path], config: ExperimentConfig) -> Tensor:
+    """Image files → the run's protocol tensors ``(N, C, H, W)`` in [0,1]."""
+    from torchvision.io import ImageReadMode, decode_image
+
+    protocol = PROTOCOLS[config.data.protocol]
+    mode = ImageReadMode.GRAY if protocol.channels == 1 else ImageReadMode.RGB
+    images = []
+    for path in paths:
+        if not path.is_file():
+            raise CetlError(f"image '{path}' does not exist")
+        try:
+            image = decode_image(str(path), mode=mode)  # (C, H, W) uint8
+        except RuntimeError as error:
+            raise CetlError(
+                f"could not read '{path}' as an image ({str(error).splitlines()[0]}); "
+                f"PNG, JPEG, GIF and WEBP files are supported"
+            ) from None
+        raw = RawSplit(image.unsqueeze(0), torch.zeros(1, dtype=torch.long))
+        images.append(to_protocol(raw, protocol).x)
+    return torch.cat(images)
+
+
+@torch.inference_mode()
+def predict_files(run_dir: Path, paths: list[Path]) -> list[tuple[Path, int, float]]:
+    """(path, predicted class, its softmax probability) for each image file."""
+    config, net, _ = load_target_net(run_dir)
+    probabilities = net(read_images(paths, config)).softmax(dim=1)
+    confidence, labels = probabilities.max(dim=1)
+    return [(p, int(lab), float(c)) for p, lab, c in zip(paths, labels, confidence, strict=True)]
+
+
+def export_run(run_dir: Path, *, fmt: str, output: Path | None = None) -> Path:
+    """Export T2 with a dynamic batch dimension: ONNX, or a ``torch.export`` program (.pt2).
+
+    The exported model takes ``(N, C, H, W)`` floats in [0,1] at the protocol's size and
+    returns logits ``(N, K)``.
+    """
+    _, net, info = load_target_net(run_dir)
+    example = torch.rand(2, info.channels, info.image_size, info.image_size)
+    batch = torch.export.Dim("batch", min=1)
+    if fmt == "pt":
+        path = output or run_dir / "model.pt2"
+        program = torch.export.export(net, (example,), dynamic_shapes={"x": {0: batch}})
+        torch.export.save(program, str(path))
+        return path
+    path = output or run_dir / "model.onnx"
+    try:
+        import onnxscript  # noqa: F401  (the exporter needs it; fail with our message, not torch's)
+    except ImportError:
+        raise CetlError("ONNX export needs the onnx extra: pip install 'cetl[onnx]'") from None
+    _Logits(net)  # validates the wrapper builds
+    torch.onnx.export(
+        _Logits(net),
+        (example,),
+        str(path),
+        input_names=["images"],
+        output_names=["logits"],
+        dynamic_shapes={"x": {0: batch}},
+        dynamo=True,
+        external_data=False,
+    )
+    return path
+
+
+class _Logits(nn.Module):
+    """A plain ``forward(x) -> logits`` module, so exporters see one input and one output."""
+
+    def __init__(self, net: nn.Module) -> None:
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.net(x)

@@ -1,0 +1,28 @@
+"""Shared fixtures: the real-data root (skipping cleanly without it) and tiny configs."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+
+from cetl.data.root import ENV_VAR, DataRoot
+
+
+@pytest.fixture
+def data_root() -> DataRoot:
+    """The real datasets from ``CETL_DATA_ROOT``; tests using it skip when it is unset."""
+    path = os.environ.get(ENV_VAR)
+    if not path:
+        pytest.skip(f"{ENV_VAR} is not set; real-data tests need MNIST and USPS there")
+    if not Path(path).is_dir():
+        pytest.skip(f"{ENV_VAR}={path} does not exist")
+    return DataRoot(Path(path), "env", download=False)
+
+
+@pytest.fixture(autouse=True)
+def _no_ambient_data_root(monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> None:
+    """Tests that do not ask for ``data_root`` must not depend on the caller's environment."""
+    if "data_root" not in request.fixturenames and "keep_env" not in request.keywords:
+        monkeypatch.delenv(ENV_VAR, raising=False)

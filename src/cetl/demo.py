@@ -33,13 +33,16 @@ def demo_data_root(explicit: str | None) -> DataRoot:
     return sample_root()
 
 
-def run_demo(out: Path, *, data_root: str | None = None) -> Path:
-    """Train (or reuse) the demo runs under ``out/runs`` and write ``out/report.md``."""
+def run_demo(out: Path, *, data_root: str | None = None, profile: str = "quick") -> Path:
+    """Train (or reuse) the demo runs under ``out/runs`` and write ``out/report.md``.
+
+    ``profile`` exists for tests (``smoke``); the demo itself is the ``quick`` profile.
+    """
     root = demo_data_root(data_root)
-    print(f"cetl demo: {DEMO_EXPERIMENT} (quick profile) on {root.describe()}")
+    print(f"cetl demo: {DEMO_EXPERIMENT} ({profile} profile) on {root.describe()}")
     summaries: list[dict[str, Any]] = []
     for method in DEMO_METHODS:
-        config = resolve(DEMO_EXPERIMENT, method=method, profile="quick")
+        config = resolve(DEMO_EXPERIMENT, method=method, profile=profile)
         run_dir = out / "runs" / method
         if (run_dir / SUMMARY_FILE).exists():
             import json
@@ -56,7 +59,7 @@ def run_demo(out: Path, *, data_root: str | None = None) -> Path:
         )
         summaries.append(summary)
     intro = (
-        "Domain adaptation from labelled MNIST to unlabelled USPS with the `quick` profile "
+        f"Domain adaptation from labelled MNIST to unlabelled USPS with the `{profile}` profile "
         "(DRCN protocol: 32×32 grey, LeNet-size network). Model selection never reads target "
         "labels: `source_val` picks the round with the best accuracy on held-out *source* "
         "images. Paper numbers are Table 5 of the CETL paper (DRCN network, full data)."

@@ -9,7 +9,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import torch
-from torch import Tensor, nn
+from torch import Tensor
 
 from cetl.build import DataInfo, build_target_net
 from cetl.config import ExperimentConfig
@@ -43,22 +43,21 @@ def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, TapNetwork, DataIn
 
 def read_images(paths: list[Path], config: ExperimentConfig) -> Tensor:
     """Image files → the run's protocol tensors ``(N, C, H, W)`` in [0,1]."""
-    from torchvision.io import ImageReadMode, decode_image
+    import numpy as np
+    from PIL import Image, UnidentifiedImageError
 
     protocol = PROTOCOLS[config.data.protocol]
-    mode = ImageReadMode.GRAY if protocol.channels == 1 else ImageReadMode.RGB
     images = []
     for path in paths:
         if not path.is_file():
             raise CetlError(f"image '{path}' does not exist")
         try:
-            image = decode_image(str(path), mode=mode)  # (C, H, W) uint8
-        except RuntimeError as error:
-            raise CetlError(
-                f"could not read '{path}' as an image ({str(error).splitlines()[0]}); "
-                f"PNG, JPEG, GIF and WEBP files are supported"
-            ) from None
-        raw = RawSplit(image.unsqueeze(0), torch.zeros(1, dtype=torch.long))
+            with Image.open(path) as image:
+                pixels = np.asarray(image.convert("L" if protocol.channels == 1 else "RGB"))
+        except (UnidentifiedImageError, OSError) as error:
+            raise CetlError(f"could not read '{path}' as an image ({error})") from None
+        tensor = torch.from_numpy(pixels.copy()).reshape(pixels.shape[0], pixels.shape[1], -1)
+        raw = RawSplit(tensor.permute(2, 0, 1).unsqueeze(0), torch.zeros(1, dtype=torch.long))
         images.append(to_protocol(raw, protocol).x)
     return torch.cat(images)
 
@@ -91,9 +90,8 @@ def export_run(run_dir: Path, *, fmt: str, output: Path | None = None) -> Path:
         import onnxscript  # noqa: F401  (the exporter needs it; fail with our message, not torch's)
     except ImportError:
         raise CetlError("ONNX export needs the onnx extra: pip install 'cetl[onnx]'") from None
-    _Logits(net)  # validates the wrapper builds
     torch.onnx.export(
-        _Logits(net),
+        net,
         (example,),
         str(path),
         input_names=["images"],
@@ -103,14 +101,3 @@ def export_run(run_dir: Path, *, fmt: str, output: Path | None = None) -> Path:
         external_data=False,
     )
     return path
-
-
-class _Logits(nn.Module):
-    """A plain ``forward(x) -> logits`` module, so exporters see one input and one output."""
-
-    def __init__(self, net: nn.Module) -> None:
-        super().__init__()
-        self.net = net
-
-    def forward(self, x: Tensor) -> Tensor:
-        return self.net(x)

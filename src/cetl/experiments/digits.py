@@ -4,14 +4,16 @@ One builder, :func:`digits_experiment`, sizes every digit experiment per profile
 (METHOD.md §9); the named experiments only pick the direction.
 
 - ``smoke``: 256 images per domain, LeNet-size net, 2 rounds of a few steps (tests).
-- ``quick``: DRCN protocol (32×32 grey), LeNet-size net, 8 rounds, MNIST as source
-  capped at a seeded 20,000 images so a CPU run takes minutes; USPS in full.
+- ``quick``: DRCN protocol (32×32 grey), LeNet-size net, 8 rounds, MNIST capped at a
+  seeded 20,000 images so a CPU run takes about a minute; USPS in full. Adam at 1e-3 rather
+  than DRCN's 3e-4, chosen on *source validation only* (MNIST→USPS, seed 0, 8 rounds: 98.65%
+  vs 97.75%; a 12-round run showed source validation flat after round 8).
 - ``paper``: DRCN protocol on full sets with the DRCN network, 50 rounds (GPU work).
 """
 
 from __future__ import annotations
 
-from cetl.config import DataConfig, ExperimentConfig, NetworkConfig, TrainConfig
+from cetl.config import DataConfig, ExperimentConfig, NetworkConfig, OptimizerConfig, TrainConfig
 from cetl.errors import ConfigError
 
 QUICK_MNIST_LIMIT = 20_000
@@ -33,6 +35,7 @@ def digits_experiment(name: str, source: str, target: str, profile: str) -> Expe
             "lenet",
             TrainConfig(rounds=2, batch_size=64, max_steps_per_epoch=3, log_every=1, tensorboard=False),
         )
+        optimizer = OptimizerConfig(lr=1e-3)
     elif profile == "quick":
         data = DataConfig(
             source=source,
@@ -42,9 +45,11 @@ def digits_experiment(name: str, source: str, target: str, profile: str) -> Expe
             target_train_limit=QUICK_MNIST_LIMIT if target == "mnist" else None,
         )
         network, train = "lenet", TrainConfig(rounds=8)
+        optimizer = OptimizerConfig(lr=1e-3)
     elif profile == "paper":
         data = DataConfig(source=source, target=target, protocol="drcn")
         network, train = "drcn", TrainConfig(rounds=50)
+        optimizer = OptimizerConfig()  # DRCN's Adam 3e-4 (METHOD.md §9)
     else:
         raise ConfigError(f"unknown profile '{profile}' for {name}")
     return ExperimentConfig(
@@ -53,6 +58,7 @@ def digits_experiment(name: str, source: str, target: str, profile: str) -> Expe
         profile=profile,
         data=data,
         network=NetworkConfig(name=network),
+        optimizer=optimizer,
         train=train,
     )
 

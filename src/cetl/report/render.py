@@ -93,7 +93,9 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: Path, *, title: s
     details = (
         f"- experiment `{first['experiment']}`, profile `{first['profile']}`, seed {first['seed']}, "
         f"network `{first['network']}`, protocol `{first['protocol']}`\n"
-        f"- data: {first['data_root']}; sizes {first['data_sizes']}\n"
+        f"- data: {first['data_root']}; "
+        + ", ".join(f"{name.replace('_', ' ')} {count:,}" for name, count in first["data_sizes"].items())
+        + "\n"
         f"- device: {first['device']}; cetl {first['cetl_version']}\n"
     )
     notes = sorted({n for s in summaries for n in s.get("data_notes", [])})

@@ -24,14 +24,22 @@ def make_method(cls=SourceOnly):
     return cls(MethodConfig(), target_net=net)
 
 
-def run(run_dir: Path, *, resume: bool = False, train: TrainConfig = TRAIN, cls=SourceOnly):
+def run(
+    run_dir: Path,
+    *,
+    resume: bool = False,
+    train: TrainConfig = TRAIN,
+    cls=SourceOnly,
+    seed: int = 0,
+    optimizer: OptimizerConfig = OPTIMIZER,
+):
     method = make_method(cls)
     result = loop.train(
         method,
         synthetic_training_data(),
         train_config=train,
-        optimizer_config=OPTIMIZER,
-        seed=0,
+        optimizer_config=optimizer,
+        seed=seed,
         run_dir=run_dir,
         resume=resume,
     )
@@ -94,16 +102,7 @@ def test_same_seed_same_numbers_different_seed_different_numbers(tmp_path):
     _, a = run(tmp_path / "a")
     _, b = run(tmp_path / "b")
     assert a.history == b.history
-    method = make_method()
-    c = loop.train(
-        method,
-        synthetic_training_data(),
-        train_config=TRAIN,
-        optimizer_config=OPTIMIZER,
-        seed=1,
-        run_dir=tmp_path / "c",
-        resume=False,
-    )
+    _, c = run(tmp_path / "c", seed=1)
     assert c.history != a.history
 
 
@@ -148,16 +147,7 @@ def test_atomic_write_keeps_the_old_file_when_writing_fails(tmp_path):
 
 def test_non_finite_loss_is_a_clear_error(tmp_path):
     with pytest.raises(RunError, match=r"non-finite loss"):
-        method = make_method()
-        loop.train(
-            method,
-            synthetic_training_data(),
-            train_config=TRAIN,
-            optimizer_config=OptimizerConfig(lr=1e30),
-            seed=0,
-            run_dir=tmp_path,
-            resume=False,
-        )
+        run(tmp_path, optimizer=OptimizerConfig(lr=1e30))
 
 
 def test_tensorboard_events_are_written(tmp_path):

@@ -1,6 +1,6 @@
 """Data: roots, raw datasets through torchvision, protocols, the bundled sample."""
 
-from cetl.data.datasets import DATASETS, RawSplit, load_raw
+from cetl.data.datasets import DATASETS, RawSplit, dataset_variant, find_spec, load_raw, locate_dataset
 from cetl.data.digits import PROTOCOLS, LabelledSet
 from cetl.data.root import DataRoot, resolve_data_root, sample_root
 
@@ -10,7 +10,10 @@ __all__ = [
     "DataRoot",
     "LabelledSet",
     "RawSplit",
+    "dataset_variant",
+    "find_spec",
     "load_raw",
+    "locate_dataset",
     "resolve_data_root",
     "sample_root",
 ]

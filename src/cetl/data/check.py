@@ -1,12 +1,23 @@
-"""``cetl data check``: what a data root holds, and what to do about what it lacks."""
+"""``cetl data check``: what a data root holds, and what to do about what it lacks.
+
+Names are registered datasets (``mnist``, ``cifar10``, ...) or the user's own data
+(``imagefolder:PATH``, ``npz:FILE``, which need no data root). A dataset is ``ok``
+(the official release), ``subset`` (a partial copy, loaded but not comparable with
+full-data numbers) or ``MISSING``.
+"""
 
 from __future__ import annotations
 
+import warnings
 from dataclasses import dataclass
 
-from cetl.data.datasets import DATASETS, SPLITS, load_raw, missing_message
+from cetl.data.datasets import SubsetWarning, find_spec, is_custom, load_raw, locate_dataset
 from cetl.data.root import DataRoot
 from cetl.errors import DataError
+
+STATUS = {"full": "ok", "subset": "subset"}
+COLUMNS = ("train", "test")
+"""Splits shown as columns; others (``val``, ``unlabelled``) go into the notes column."""
 
 
 @dataclass(frozen=True)
@@ -17,41 +28,63 @@ class CheckResult:
     ok: bool
     counts: dict[str, int]
     problem: str = ""
+    variant: str = ""
+    """``full`` or ``subset`` when ``ok``."""
+    note: str = ""
+    """For a subset: where it is and how much of the official release it holds."""
 
 
 def check_datasets(root: DataRoot, names: list[str]) -> list[CheckResult]:
     """Try to load every split of each named dataset from ``root`` (never downloads).
 
     Raises:
-        DataError: ``root`` does not exist (one clear error instead of one per dataset).
+        DataError: ``root`` does not exist and a registered dataset is to be checked (one clear
+            error instead of one per dataset).
         ConfigError: an unknown dataset name (with "did you mean").
     """
-    specs = [DATASETS.get(name) for name in names]
-    if not root.path.is_dir():
+    registered = [find_spec(name) for name in names if not is_custom(name)]
+    if registered and not root.path.is_dir():
         raise DataError(f"data root {root.describe()} does not exist; pass an existing folder with --root")
     offline = DataRoot(root.path, root.origin, download=False)
-    results = []
-    for spec in specs:
-        if spec.missing_files(offline.path):
-            results.append(CheckResult(spec.name, False, {}, missing_message(spec, offline)))
-            continue
-        try:
-            counts = {split: len(load_raw(spec.name, split, offline)) for split in SPLITS}
-        except DataError as error:
-            results.append(CheckResult(spec.name, False, {}, str(error)))
-        else:
-            results.append(CheckResult(spec.name, True, counts))
-    return results
+    return [_check_one(name, offline) for name in names]
+
+
+def _check_one(name: str, root: DataRoot) -> CheckResult:
+    try:
+        spec = find_spec(name)
+        found = locate_dataset(name, root)
+        with warnings.catch_warnings():  # the table says "subset"; no need to warn as well
+            warnings.simplefilter("ignore", SubsetWarning)
+            counts = {split: len(load_raw(name, split, root)) for split in spec.splits}
+    except DataError as error:
+        return CheckResult(name, False, {}, str(error))
+    note = ""
+    if found.variant == "subset":
+        held = " / ".join(str(counts.get(split, 0)) for split in COLUMNS)
+        full = " / ".join(str(spec.full_counts.get(split, "?")) for split in COLUMNS)
+        note = (
+            f"a subset of {spec.title}, {held} of the official {full} train / test images, in "
+            f"{found.path}; numbers on it are not comparable with full-data results"
+        )
+    return CheckResult(name, True, counts, variant=found.variant, note=note)
 
 
 def format_check(results: list[CheckResult], root: DataRoot) -> str:
-    """A table of results, then the problem of each missing dataset."""
-    lines = [f"data root: {root.describe()}", "", f"{'dataset':<10} {'status':<8} {'train':>7} {'test':>7}"]
+    """A table of results, then the note of each subset and the problem of each missing dataset."""
+    width = max([10, *(len(result.name) for result in results)])
+    lines = [
+        f"data root: {root.describe()}",
+        "",
+        f"{'dataset':<{width}} {'status':<8} {'train':>7} {'test':>7}",
+    ]
     for result in results:
-        train = str(result.counts.get("train", "-"))
-        test = str(result.counts.get("test", "-"))
-        lines.append(f"{result.name:<10} {'ok' if result.ok else 'MISSING':<8} {train:>7} {test:>7}")
+        status = STATUS[result.variant] if result.ok else "MISSING"
+        cells = [f"{result.counts.get(split, '-'):>7}" for split in COLUMNS]
+        extra = ", ".join(f"{split} {n}" for split, n in result.counts.items() if split not in COLUMNS)
+        lines.append(f"{result.name:<{width}} {status:<8} {' '.join(cells)}  {extra}".rstrip())
     for result in results:
+        if result.note:
+            lines += ["", f"{result.name}: {result.note}"]
         if not result.ok:
             lines += ["", result.problem]
     return "\n".join(lines)

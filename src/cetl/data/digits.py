@@ -1,11 +1,19 @@
-"""Digit-recognition protocols (METHOD.md §8): sizes, subsets and splits.
+"""Protocols (METHOD.md §8): sizes, colour, subsets and splits.
 
-Numbers in the digit domain-adaptation literature are only comparable under one
+Numbers in the domain-adaptation literature are only comparable under one
 protocol, so a protocol is data here, pinned per experiment:
 
 - ``drcn`` (Table 5's): full training sets, every image 32×32 grey in [0,1]
   (USPS up-sampled full frame, SVHN converted to grey);
-- ``adda`` ("p"): 2,000 MNIST / 1,800 USPS training images at 28×28.
+- ``adda`` ("p"): 2,000 MNIST / 1,800 USPS training images at 28×28;
+- ``cifar``: every image 32×32 RGB (CIFAR-10/100 as stored; KD);
+- ``cifar10s`` (CIFAR-10-s, Table 2/3): 32×32 RGB, a stratified 20% of CIFAR-10's
+  training images, all test images;
+- ``stl_cifar`` (Table 5's ST↔CI): 32×32 RGB (STL-10 down-sampled, antialiased), only
+  the 9 classes the two datasets share, relabelled to one index space.
+
+``to_protocol`` does sizes and colour; ``cetl.data.natural`` applies the class
+selection and the stratified fraction, which only the natural-image protocols use.
 
 Subsets and the held-out validation split are drawn from ``split_seed`` alone, so
 every training seed and every method sees the same images.
@@ -33,11 +41,31 @@ class Protocol:
     channels: int
     train_counts: dict[str, int] = field(default_factory=dict)
     """Default number of training images per dataset; absent means the full set."""
+    train_fractions: dict[str, float] = field(default_factory=dict)
+    """Per dataset, the share of *each class's* training images kept (seeded; CIFAR-10-s)."""
+    classes: tuple[str, ...] = ()
+    """A shared label space: only images of these classes are kept, relabelled to their index
+    here (matched by the dataset's class names); empty keeps every class as stored."""
+    class_aliases: dict[str, str] = field(default_factory=dict)
+    """Dataset class name → its name in :attr:`classes`, where datasets name a class differently."""
 
+
+STL_CIFAR_CLASSES = ("airplane", "automobile", "bird", "cat", "deer", "dog", "horse", "ship", "truck")
+"""The 9 classes STL-10 and CIFAR-10 share (CIFAR-10's order without 'frog'; STL-10's 'monkey'
+is dropped too). Index i here is label i of the ``stl_cifar`` protocol."""
 
 PROTOCOLS: dict[str, Protocol] = {
     "drcn": Protocol("drcn", image_size=32, channels=1),
     "adda": Protocol("adda", image_size=28, channels=1, train_counts={"mnist": 2000, "usps": 1800}),
+    "cifar": Protocol("cifar", image_size=32, channels=3),
+    "cifar10s": Protocol("cifar10s", image_size=32, channels=3, train_fractions={"cifar10": 0.2}),
+    "stl_cifar": Protocol(
+        "stl_cifar",
+        image_size=32,
+        channels=3,
+        classes=STL_CIFAR_CLASSES,
+        class_aliases={"car": "automobile"},
+    ),
 }
 
 

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 from cetl.data.digits import LabelledSet, seeded_generator
-from cetl.engine.loop import TrainingData
+from cetl.data.training import TrainingData
 
 
 def synthetic_set(

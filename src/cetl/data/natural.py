@@ -1,0 +1,135 @@
+"""Natural-image protocols (METHOD.md §8): CIFAR-10-s and STL↔CIFAR's 9 shared classes.
+
+The protocols themselves are data in :data:`cetl.data.digits.PROTOCOLS` (``cifar``,
+``cifar10s``, ``stl_cifar``); this module applies the two steps they add to the
+digit protocols, on stored images, before :func:`~cetl.data.digits.to_protocol`
+resizes them:
+
+1. **class selection** (``Protocol.classes``): keep the images of the shared classes and
+   relabel them. For ``stl_cifar`` the common index space is CIFAR-10's order without
+   'frog' (STL-10's 'car' is CIFAR-10's 'automobile'; 'monkey' is dropped)::
+
+       index  class        CIFAR-10 label  STL-10 label
+       0      airplane     0               0
+       1      automobile   1               2 (car)
+       2      bird         2               1
+       3      cat          3               3
+       4      deer         4               4
+       5      dog          5               5
+       6      horse        7               6
+       7      ship         8               8
+       8      truck        9               9
+       -      (dropped)    6 (frog)        7 (monkey)
+
+2. **stratified fraction** (``Protocol.train_fractions``, training split only): from each
+   class of ``n_c`` images, ``max(1, floor(fraction * n_c + 0.5))`` (round half up, and a class
+   never vanishes), drawn by a permutation seeded from ``split_seed`` alone, kept in stored
+   order. On full CIFAR-10 that is exactly 1,000 of each class's 5,000; on the 4,000-image
+   subset 79, 73, 84, 77, 84, 79, 83, 77, 81, 83. The test split is always kept whole.
+
+The usual build is :func:`load_protocol`; :func:`apply_protocol` is the same on a
+:class:`RawSplit` already loaded, for callers that subset further.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from cetl.data.datasets import DatasetSpec, RawSplit, find_spec, load_raw
+from cetl.data.digits import PROTOCOLS, LabelledSet, Protocol, seeded_generator, to_protocol
+from cetl.data.root import DataRoot
+from cetl.errors import ConfigError, DataError
+
+DROPPED = -1
+"""The label :func:`class_map` gives a class a protocol drops."""
+
+
+def class_map(spec: DatasetSpec, protocol: Protocol) -> Tensor:
+    """Each stored label's index in the protocol's label space, or :data:`DROPPED`.
+
+    Returns:
+        int64 ``(spec.num_classes,)``; the identity when the protocol keeps every class.
+
+    Raises:
+        ConfigError: the protocol names classes the dataset lacks (e.g. ``stl_cifar`` on MNIST).
+    """
+    if not protocol.classes:
+        return torch.arange(spec.num_classes)
+    names = [protocol.class_aliases.get(name, name) for name in spec.classes]
+    lacking = [name for name in protocol.classes if name not in names]
+    if lacking:
+        raise ConfigError(
+            f"protocol '{protocol.name}' keeps the classes {', '.join(protocol.classes)}, but "
+            f"{spec.title} ({spec.name}) lacks {', '.join(lacking)}"
+            + (f" (its classes: {', '.join(spec.classes)})" if spec.classes else " (it names no classes)")
+            + "; use a protocol without a class list, e.g. 'cifar'"
+        )
+    return torch.tensor([protocol.classes.index(n) if n in protocol.classes else DROPPED for n in names])
+
+
+def protocol_num_classes(name: str, protocol: Protocol) -> int:
+    """How many classes dataset ``name`` has under ``protocol`` (what a classifier head needs)."""
+    return len(protocol.classes) if protocol.classes else find_spec(name).num_classes
+
+
+def select_classes(raw: RawSplit, spec: DatasetSpec, protocol: Protocol) -> RawSplit:
+    """The images of the protocol's classes, relabelled; unlabelled images (label < 0) all stay."""
+    if not protocol.classes:
+        return raw
+    mapping = class_map(spec, protocol)
+    labelled = raw.labels >= 0
+    new = torch.where(labelled, mapping[raw.labels.clamp(min=0)], raw.labels)
+    keep = torch.nonzero(~labelled | (new != DROPPED)).squeeze(1)
+    return RawSplit(raw.images[keep], new[keep])
+
+
+def stratified_subset(raw: RawSplit, fraction: float, *, seed: int, name: str) -> RawSplit:
+    """``max(1, floor(fraction * n_c + 0.5))`` images of each class, seeded, in stored order.
+
+    Args:
+        raw: a labelled split (labels ≥ 0).
+        fraction: share of each class to keep, in (0, 1].
+        seed: the split seed; the draw depends on it and ``name`` only.
+        name: what is drawn from (e.g. ``cifar10/train``), so different datasets draw independently.
+    """
+    if not 0.0 < fraction <= 1.0:
+        raise ConfigError(f"a class fraction must be in (0, 1], got {fraction} for {name}")
+    if bool((raw.labels < 0).any()):
+        raise DataError(f"{name} holds unlabelled images; a stratified subset needs a label for each")
+    generator = seeded_generator(seed, "stratified", name)
+    chosen = []
+    for label in torch.unique(raw.labels).tolist():  # sorted, so the draw order is fixed
+        members = torch.nonzero(raw.labels == label).squeeze(1)
+        count = max(1, math.floor(fraction * len(members) + 0.5))
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
+    return raw.select(torch.cat(chosen).sort().values)
+
+
+def apply_protocol(raw: RawSplit, name: str, split: str, protocol: Protocol, *, split_seed: int) -> RawSplit:
+    """Class selection, then (training split only) the stratified fraction; see the module docstring."""
+    raw = select_classes(raw, find_spec(name), protocol)
+    fraction = protocol.train_fractions.get(name)
+    if split == "train" and fraction is not None:
+        raw = stratified_subset(raw, fraction, seed=split_seed, name=f"{name}/{split}")
+    return raw
+
+
+def load_protocol(
+    name: str, split: str, root: DataRoot, protocol: Protocol, *, split_seed: int = 0
+) -> LabelledSet:
+    """One split of ``name`` under ``protocol``: classes, fraction, then size and colour."""
+    raw = apply_protocol(load_raw(name, split, root), name, split, protocol, split_seed=split_seed)
+    return to_protocol(raw, protocol)
+
+
+def cifar10_s(split: str, root: DataRoot, *, split_seed: int = 0) -> LabelledSet:
+    """CIFAR-10-s (Tables 2–3): a stratified 20% of the training images, or the whole test split."""
+    return load_protocol("cifar10", split, root, PROTOCOLS["cifar10s"], split_seed=split_seed)
+
+
+def stl_cifar(name: str, split: str, root: DataRoot) -> LabelledSet:
+    """STL-10 or CIFAR-10 (``name``) in STL↔CIFAR's 9 shared classes, 32×32 RGB."""
+    return load_protocol(name, split, root, PROTOCOLS["stl_cifar"])

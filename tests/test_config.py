@@ -13,7 +13,7 @@ def test_unknown_top_level_key_names_it_with_suggestion_and_valid_keys():
         resolve("digits_mn_to_us", sets=["sed=1"])
     assert str(error.value) == (
         "unknown key 'sed'; did you mean 'seed'? valid keys: experiment, setting, profile, seed, "
-        "data, network, method, optimizer, train"
+        "data, network, source, method, optimizer, train"
     )
 
 
@@ -42,7 +42,7 @@ def test_literal_fields_list_the_choices():
         resolve("digits_mn_to_us", sets=["data.protocol=adaa"])
     assert (
         str(error.value)
-        == "invalid value 'adaa' for 'data.protocol'; did you mean 'adda'? expected one of: 'drcn', 'adda'"
+        == "invalid value 'adaa' for 'data.protocol'; did you mean 'adda'? expected one of: 'drcn', 'adda', 'cifar', 'cifar10s', 'stl_cifar'"
     )
 
 

@@ -51,7 +51,11 @@ def test_tiny_run_learns_and_writes_records(tmp_path):
     assert result.selected_by == "source_val"
     assert result.val_accuracy > 0.6  # 4 classes: chance is 0.25
     assert result.steps == {"classify": 4 * (96 // 16)}
-    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    records = records_without_times(tmp_path)
+    stage_records = [r for r in records if r["kind"] == "stage"]
+    assert [r["stage"] for r in stage_records] == ["classify"] * 4
+    assert stage_records[-1]["mean_loss"] < stage_records[0]["mean_loss"]
+    assert result.term_steps == {"classify": 24}
     train_records = [r for r in records if r["kind"] == "train"]
     evals = [r for r in records if r["kind"] == "eval"]
     assert [r["round"] for r in evals] == [0, 1, 2, 3]
@@ -78,15 +82,19 @@ def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, monk
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "interrupted")
     monkeypatch.setattr(loop, "accuracy", real_accuracy)
-    assert load_checkpoint(tmp_path / "interrupted" / loop.LAST_CHECKPOINT)["rounds_done"] == 2
+    assert load_checkpoint(tmp_path / "interrupted" / loop.LAST_CHECKPOINT)["progress"]["rounds_done"] == 2
 
     resumed, resumed_result = run(tmp_path / "interrupted", resume=True)
     for (name, a), (_, b) in zip(reference.state_dict().items(), resumed.state_dict().items(), strict=True):
         assert torch.equal(a, b), name
     assert resumed_result.history == reference_result.history
     assert resumed_result.steps == reference_result.steps
-    straight = (tmp_path / "straight" / "metrics.jsonl").read_text()
-    assert (tmp_path / "interrupted" / "metrics.jsonl").read_text() == straight
+    assert records_without_times(tmp_path / "interrupted") == records_without_times(tmp_path / "straight")
+
+
+def records_without_times(run_dir: Path) -> list[dict]:
+    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [{k: v for k, v in r.items() if k != "seconds"} for r in records]
 
 
 def test_resume_of_a_finished_run_trains_nothing_and_reports_the_same(tmp_path):
@@ -153,3 +161,12 @@ def test_non_finite_loss_is_a_clear_error(tmp_path):
 def test_tensorboard_events_are_written(tmp_path):
     run(tmp_path, train=TrainConfig(rounds=1, batch_size=32, log_every=1, tensorboard=True, progress=False))
     assert list((tmp_path / "tensorboard").glob("events.out.tfevents.*"))
+
+
+def test_convergence_stops_when_stage_losses_settle(tmp_path):
+    settled = TrainConfig(rounds=30, batch_size=16, tensorboard=False, progress=False, tol=0.5, patience=1)
+    _, result = run(tmp_path / "a", train=settled)
+    assert 2 <= result.rounds < 30
+    strict = TrainConfig(rounds=3, batch_size=16, tensorboard=False, progress=False, tol=1e-9, patience=1)
+    _, result = run(tmp_path / "b", train=strict)
+    assert result.rounds == 3

@@ -7,12 +7,13 @@ how every config field reaches the code that uses it.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from cetl.config import DataConfig, ExperimentConfig
-from cetl.data.datasets import DATASETS, load_raw
+from cetl.config import DataConfig, ExperimentConfig, SourceConfig
+from cetl.data.datasets import RawSplit, dataset_variant, load_raw
 from cetl.data.digits import (
     PROTOCOLS,
     LabelledSet,
@@ -21,11 +22,14 @@ from cetl.data.digits import (
     split_validation,
     to_protocol,
 )
-from cetl.data.root import DataRoot
-from cetl.engine.loop import TrainingData
+from cetl.data.natural import apply_protocol, protocol_num_classes
+from cetl.data.root import DataRoot, user_cache_dir
+from cetl.data.training import TrainingData
 from cetl.errors import ConfigError
-from cetl.methods import METHODS, Method
-from cetl.networks import NETWORKS, TapNetwork
+from cetl.methods import CETL, METHODS, Method
+from cetl.networks import NETWORKS, TapNetwork, build_decoder
+from cetl.networks.coupling import source_adapter
+from cetl.source import FeatureCache, FrozenSource, source_from_run, source_from_torchvision
 
 
 @dataclass(frozen=True)
@@ -37,6 +41,8 @@ class DataInfo:
     image_size: int
     sizes: dict[str, int]
     notes: tuple[str, ...]
+    variants: dict[str, str] = field(default_factory=dict)
+    """``full`` or ``subset`` per dataset read (a subset's numbers are not comparable)."""
 
 
 def build_training_data(
@@ -48,16 +54,22 @@ def build_training_data(
     or target training images. Target test labels are loaded only to report accuracy.
     """
     protocol = PROTOCOLS[config.protocol]
-    source, target = DATASETS.get(config.source), DATASETS.get(config.target)
-    if source.num_classes != target.num_classes:
+    source_classes = protocol_num_classes(config.source, protocol)
+    target_classes = protocol_num_classes(config.target, protocol)
+    if source_classes != target_classes:
         raise ConfigError(
-            f"data.source {config.source} has {source.num_classes} classes but data.target "
-            f"{config.target} has {target.num_classes}; domain adaptation needs one label space"
+            f"data.source {config.source} has {source_classes} classes but data.target "
+            f"{config.target} has {target_classes} under protocol {config.protocol}; source and "
+            f"target need one label space"
         )
     notes: list[str] = []
 
+    def load(name: str, split: str) -> RawSplit:
+        raw = load_raw(name, split, root)
+        return apply_protocol(raw, name, split, protocol, split_seed=config.split_seed)
+
     def train_split(name: str, limit: int | None) -> LabelledSet:
-        raw = load_raw(name, "train", root)
+        raw = load(name, "train")
         count = limit if limit is not None else protocol.train_counts.get(name)
         if count is not None and count > len(raw):
             notes.append(
@@ -70,7 +82,7 @@ def build_training_data(
     target_train = train_split(config.target, config.target_train_limit)
     target_test = to_protocol(
         seeded_subset(
-            load_raw(config.target, "test", root),
+            load(config.target, "test"),
             config.test_limit,
             seed=config.split_seed,
             name=f"{config.target}/test",
@@ -87,7 +99,7 @@ def build_training_data(
     unlabelled = target_test.x if config.transductive else target_train.x
     data = TrainingData(labelled, labelled_val, unlabelled, target_test)
     info = DataInfo(
-        num_classes=source.num_classes,
+        num_classes=source_classes,
         channels=protocol.channels,
         image_size=protocol.image_size,
         sizes={
@@ -97,6 +109,9 @@ def build_training_data(
             "target_test": len(target_test),
         },
         notes=tuple(notes),
+        variants={
+            name: dataset_variant(name, root) for name in dict.fromkeys((config.source, config.target))
+        },
     )
     return data, info
 
@@ -109,12 +124,70 @@ def build_target_net(config: ExperimentConfig, info: DataInfo) -> TapNetwork:
     )
 
 
-def build_method(config: ExperimentConfig, info: DataInfo) -> Method:
-    """The configured method around a freshly initialised target network."""
+def uses_source(config: ExperimentConfig) -> bool:
+    """Whether the configured method couples to a frozen source S."""
+    return issubclass(METHODS.get(config.method.name), CETL)
+
+
+def build_source(config: SourceConfig, *, run_dir: Path | None) -> FrozenSource:
+    """S from the source section; ``run_dir`` is the resolved run for ``source_only``/``run``."""
+    if config.kind == "torchvision":
+        if not config.model:
+            raise ConfigError("source.kind=torchvision needs source.model, e.g. resnet50:IMAGENET1K_V1")
+        return source_from_torchvision(config.model, tap=config.tap, temperature=config.temperature)
+    if run_dir is None:
+        raise ConfigError(f"source.kind={config.kind} needs a run folder (source.path)")
+    return source_from_run(run_dir, tap=config.tap, temperature=config.temperature)
+
+
+def build_feature_cache(config: SourceConfig) -> FeatureCache | None:
+    """The D9 cache the source section asks for (``None`` when off)."""
+    if config.cache == "off":
+        return None
+    if config.cache == "memory":
+        return FeatureCache(cache_dir=None)
+    return FeatureCache(
+        cache_dir=Path(config.cache_dir) if config.cache_dir else user_cache_dir().parent / "features"
+    )
+
+
+def build_method(config: ExperimentConfig, info: DataInfo, *, source: FrozenSource | None = None) -> Method:
+    """The configured method around freshly initialised networks (seeded by the run seed).
+
+    Raises:
+        ConfigError: a coupling method without a source, or shapes that cannot be coupled (D1).
+    """
     method_class = METHODS.get(config.method.name)
-    return method_class(config.method, target_net=build_target_net(config, info))
+    target_net = build_target_net(config, info)
+    if not issubclass(method_class, CETL):
+        return method_class(config.method, target_net=target_net)
+    if source is None:
+        raise ConfigError(f"method {config.method.name} needs a frozen source S (the source section)")
+    if config.method.target_init == "source":
+        try:
+            target_net.load_state_dict(source.model.state_dict())
+        except RuntimeError as error:
+            raise ConfigError(
+                "method.target_init=source needs S and T2 of one architecture; "
+                f"{error.args[0].splitlines()[0]}"
+            ) from None
+    torch.manual_seed(seeded_generator(config.seed, "init", "decoder").initial_seed())
+    decoder = build_decoder(target_net)
+    decoder_input = target_net.tap_shape(target_net.coupling_tap)
+    adapter = source_adapter(
+        source.tap_shape((info.channels, info.image_size, info.image_size)), decoder_input
+    )
+    return method_class(
+        config.method,
+        target_net=target_net,
+        decoder=decoder,
+        source=source,
+        source_adapter=adapter,
+        feature_cache=build_feature_cache(config.source),
+        labelled_domain=method_class.labelled_domain_for(config.setting),
+    )
 
 
 def labelled_domain(config: ExperimentConfig) -> str:
     """Whose labels the configured method trains on (without building it)."""
-    return METHODS.get(config.method.name).labelled_domain
+    return METHODS.get(config.method.name).labelled_domain_for(config.setting)

@@ -41,8 +41,10 @@ class DataConfig:
     """Labelled source dataset (a ``cetl list datasets`` name)."""
     target: str = "usps"
     """Target dataset; in domain adaptation its training labels are never read."""
-    protocol: Literal["drcn", "adda"] = "drcn"
-    """``drcn``: full sets, 32×32 grey in [0,1]. ``adda``: 2,000 MNIST / 1,800 USPS, 28×28."""
+    protocol: Literal["drcn", "adda", "cifar", "cifar10s", "stl_cifar"] = "drcn"
+    """``drcn``: full sets, 32×32 grey in [0,1]. ``adda``: 2,000 MNIST / 1,800 USPS, 28×28.
+    ``cifar``: 32×32 RGB. ``cifar10s``: a stratified 20% of CIFAR-10's training set.
+    ``stl_cifar``: the 9 classes STL-10 and CIFAR-10 share, 32×32 RGB (METHOD.md §8)."""
     source_train_limit: int | None = None
     """Use a seeded subset of this many source training images (``None``: the protocol's count)."""
     target_train_limit: int | None = None
@@ -66,6 +68,31 @@ class NetworkConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class SourceConfig:
+    """The frozen source network S (METHOD.md §1, §5); only methods that couple to S read it."""
+
+    kind: Literal["source_only", "run", "torchvision"] = "source_only"
+    """``source_only``: the ``source_only`` run of this experiment and seed, trained first when
+    missing and reused after (domain adaptation, METHOD.md §9). ``run``: the run folder ``path``.
+    ``torchvision``: the model ``model``."""
+    path: str | None = None
+    """``run``: the run folder. ``source_only``: where that run lives (default
+    ``runs/<experiment>/<profile>/source_only/seed<N>``)."""
+    model: str | None = None
+    """``torchvision``: ``NAME[:WEIGHTS]``, e.g. ``resnet50:IMAGENET1K_V1``."""
+    tap: str = "coupling"
+    """``coupling`` (a project network's coupling tap; otherwise the features before the last
+    FC layer), ``logits``, ``soft`` (logits softened by ``temperature``, D8) or a layer name."""
+    temperature: float = 4.0
+    """τ of the soft targets (D8)."""
+    cache: Literal["off", "memory", "disk"] = "memory"
+    """D9: compute S's tap for the target images once per run (``memory``), also keep it on
+    disk for later runs (``disk``, under ``cache_dir``), or run S every step (``off``)."""
+    cache_dir: str | None = None
+    """``disk`` cache folder (default: ``$XDG_CACHE_HOME/cetl/features``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class OptimizerConfig:
     """Optimiser of every update (METHOD.md §9: Adam 3e-4, as DRCN)."""
 
@@ -83,7 +110,12 @@ class TrainConfig:
     """The engine's budget, evaluation and bookkeeping."""
 
     rounds: int = 8
-    """Rounds to run; a round runs each of the method's stages once (D7: ``max_rounds``)."""
+    """Rounds to run at most; a round runs each of the method's stages once (D7: ``max_rounds``)."""
+    tol: float | None = None
+    """D7 convergence: stop once every stage's mean loss changed by less than this (relative)
+    for ``patience`` rounds. ``None`` runs all ``rounds``, which keeps budgets equal across
+    methods (METHOD.md suggests 0.01 where budgets need not match)."""
+    patience: int = 2
     stage_epochs: int = 1
     """Epochs each stage runs per round (D7)."""
     batch_size: int = 128
@@ -121,6 +153,7 @@ class ExperimentConfig:
     seed: int = 0
     data: DataConfig = field(default_factory=DataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
+    source: SourceConfig = field(default_factory=SourceConfig)
     method: MethodConfig = field(default_factory=MethodConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)

@@ -8,33 +8,41 @@ A run folder holds everything needed to trust and repeat a result:
 - ``summary.json``: the result, written last, so its presence means "finished".
 
 All files are written atomically; ``--resume`` continues from the last finished round.
+In domain adaptation S for seed s *is* the ``source_only`` run of seed s (METHOD.md §9):
+:func:`ensure_source_run` trains it once and every coupling method reuses it.
 """
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
+import json
 import sys
-from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
+import torch
 import yaml
 
 from cetl import __version__
-from cetl.build import DataInfo, build_method, build_training_data, labelled_domain
+from cetl.build import (
+    DataInfo,
+    build_method,
+    build_source,
+    build_target_net,
+    build_training_data,
+    labelled_domain,
+    uses_source,
+)
 from cetl.config import ExperimentConfig, dump_yaml, merge, to_dict
+from cetl.data.digits import PROTOCOLS
+from cetl.data.natural import protocol_num_classes
 from cetl.data.root import DataRoot, resolve_data_root, sample_root
 from cetl.engine.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint
-from cetl.engine.loop import (
-    BEST_CHECKPOINT,
-    LAST_CHECKPOINT,
-    TrainingData,
-    accuracy,
-    resolve_device,
-    train,
-)
+from cetl.engine.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, accuracy, resolve_device, train
 from cetl.errors import RunError
 from cetl.experiments import EXPERIMENTS
-from cetl.methods import Method
+from cetl.networks import TapNetwork
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -76,26 +84,77 @@ def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix[:-1]} ({old!r} → {new!r})"]
 
 
+def source_run_config(config: ExperimentConfig) -> ExperimentConfig:
+    """The ``source_only`` config whose selected model is S for ``config`` (METHOD.md §9).
+
+    The experiment's profile defaults with this run's data, network and seed: every coupling
+    method of one seed shares one S, and ``cetl train ... --method source_only`` trains the
+    very same run, so "CETL vs source only" is a paired comparison.
+    """
+    base = EXPERIMENTS.get(config.experiment)(config.profile)
+    base = merge(base, {"method": {"name": "source_only"}, "seed": config.seed})
+    return dataclasses.replace(
+        base,
+        data=dataclasses.replace(config.data, transductive=False),
+        network=config.network,
+        source=config.source,  # irrelevant to source_only; kept equal so a shared S is recognised
+    )
+
+
+def ensure_source_run(config: ExperimentConfig, *, data_root: DataRoot) -> Path:
+    """The finished run folder of S, training it first when it does not exist yet."""
+    if config.source.kind == "run":
+        if not config.source.path:
+            raise RunError("source.kind=run needs source.path, the run folder of S")
+        path = Path(config.source.path)
+        if not (path / SUMMARY_FILE).exists():
+            raise RunError(f"source.path '{path}' is not a finished run (it has no {SUMMARY_FILE})")
+        return path
+    expected = source_run_config(config)
+    path = Path(config.source.path) if config.source.path else default_run_dir(expected)
+    if (path / SUMMARY_FILE).exists():
+        saved = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8"))
+        differences = _differences(saved, to_dict(expected))
+        if differences:
+            raise RunError(
+                f"the source run '{path}' was trained with another config than S needs "
+                f"(changed: {', '.join(differences)}); move it away, or point source.path elsewhere"
+            )
+        return path
+    resume = (path / LAST_CHECKPOINT).exists()
+    print(
+        f"cetl: S is the source_only run of seed {config.seed}; {'resuming' if resume else 'training'} it "
+        f"into {path}",
+        file=sys.stderr,
+    )
+    train_run(expected, run_dir=path, data_root=data_root, resume=resume)
+    return path
+
+
 def train_run(
     config: ExperimentConfig, *, run_dir: Path, data_root: DataRoot, resume: bool = False
 ) -> dict[str, Any]:
     """Train ``config`` into ``run_dir`` and return (and write) its summary."""
     _check_run_dir(run_dir, config, resume=resume)
+    source_dir = None
+    if uses_source(config) and config.source.kind != "torchvision":
+        source_dir = ensure_source_run(config, data_root=data_root)
     run_dir.mkdir(parents=True, exist_ok=True)
     atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
     data, info = build_training_data(config.data, root=data_root, labelled_domain=labelled_domain(config))
     if config.profile == "paper" and resolve_device(config.train.device).type == "cpu":
-        info = replace(
+        info = dataclasses.replace(
             info,
             notes=(
                 *info.notes,
-                "the paper profile is GPU work (the DRCN network trains "
-                "at ~50 images/s on 2 CPU cores); on CPU use --profile quick",
+                "the paper profile is GPU work (the DRCN network "
+                "trains at ~50 images/s on 2 CPU cores); on CPU use --profile quick",
             ),
         )
     for note in info.notes:
         print(f"cetl: note: {note}", file=sys.stderr)
-    method = build_method(config, info)
+    source = build_source(config.source, run_dir=source_dir) if uses_source(config) else None
+    method = build_method(config, info, source=source)
     result = train(
         method,
         data,
@@ -122,7 +181,7 @@ def train_run(
         "val_accuracy": result.val_accuracy,
         "selected_round": result.selected_round,
         "rounds": result.rounds,
-        "classify_steps": result.steps.get("classify", 0),
+        "classify_steps": result.term_steps.get("classify", 0),
         "steps": result.steps,
         "network": config.network.name,
         "protocol": config.data.protocol,
@@ -130,21 +189,29 @@ def train_run(
         "data_root": data_root.describe(),
         "data_root_origin": data_root.origin,
         "data_sizes": info.sizes,
+        "data_variants": info.variants,
         "data_notes": list(info.notes),
-        "history": result.history,
     }
+    if source is not None:
+        summary["source"] = source.description
+        summary["source_run"] = str(source_dir) if source_dir is not None else None
+        if config.setting != "transfer":  # S shares T2's label space only outside transfer learning
+            test = data.target_test.to(torch.device(result.device))
+            summary["source_accuracy_on_target"] = accuracy(source, test, autocast=contextlib.nullcontext())
+    summary["stage_seconds"] = _stage_seconds(run_dir)
+    summary["history"] = result.history
     atomic_write_json(run_dir / SUMMARY_FILE, summary)
     return summary
 
 
-@dataclass
-class LoadedRun:
-    """A finished run rebuilt from its folder, with the selected weights loaded."""
-
-    config: ExperimentConfig
-    method: Method
-    data: TrainingData
-    info: DataInfo
+def _stage_seconds(run_dir: Path) -> dict[str, float]:
+    """Total seconds per stage, from the ``kind: stage`` records of ``metrics.jsonl``."""
+    totals: dict[str, float] = {}
+    for line in (run_dir / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
+        record = json.loads(line)
+        if record.get("kind") == "stage":
+            totals[record["stage"]] = round(totals.get(record["stage"], 0.0) + record["seconds"], 2)
+    return totals
 
 
 def read_config(run_dir: Path) -> ExperimentConfig:
@@ -161,42 +228,44 @@ def read_config(run_dir: Path) -> ExperimentConfig:
 
 def run_data_root(run_dir: Path, explicit: str | None) -> DataRoot:
     """The data root to re-read a run with: explicit, else the sample if it trained on it."""
-    if explicit is None:
-        summary_path = run_dir / SUMMARY_FILE
-        if summary_path.exists():
-            import json
-
-            if json.loads(summary_path.read_text()).get("data_root_origin") == "sample":
-                return sample_root()
+    summary_path = run_dir / SUMMARY_FILE
+    trained_on_sample = (
+        summary_path.exists() and json.loads(summary_path.read_text()).get("data_root_origin") == "sample"
+    )
+    if explicit is None and trained_on_sample:
+        return sample_root()
     return resolve_data_root(explicit)
 
 
-def load_run(run_dir: Path, *, data_root: DataRoot) -> LoadedRun:
-    """Rebuild a run's method and data and load its selected weights (``best.pt``)."""
+def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, TapNetwork, DataInfo]:
+    """T2 of a finished run with its selected weights, in eval mode."""
     config = read_config(run_dir)
-    data, info = build_training_data(config.data, root=data_root, labelled_domain=labelled_domain(config))
-    method = build_method(config, info)
-    checkpoint = load_checkpoint(run_dir / BEST_CHECKPOINT)
-    networks = method.trainable_networks()
-    for name, network in networks.items():
-        if name not in checkpoint.get("networks", {}):
-            raise RunError(f"'{run_dir / BEST_CHECKPOINT}' has no weights for '{name}'")
-        network.load_state_dict(checkpoint["networks"][name])
-    method.eval()
-    return LoadedRun(config, method, data, info)
+    protocol = PROTOCOLS[config.data.protocol]
+    info = DataInfo(
+        num_classes=protocol_num_classes(config.data.target, protocol),
+        channels=protocol.channels,
+        image_size=protocol.image_size,
+        sizes={},
+        notes=(),
+    )
+    net = build_target_net(config, info)
+    states = load_checkpoint(run_dir / BEST_CHECKPOINT).get("networks", {})
+    if "target_net" not in states:
+        raise RunError(f"'{run_dir / BEST_CHECKPOINT}' holds no target network weights")
+    net.load_state_dict(states["target_net"])
+    return config, net.eval(), info
 
 
 def evaluate_run(run_dir: Path, *, data_root: DataRoot) -> dict[str, Any]:
-    """Re-evaluate a run's selected weights; writes and returns ``eval.json``."""
-    import contextlib
-
-    run = load_run(run_dir, data_root=data_root)
+    """Re-evaluate a run's selected T2 on its validation and target test data; writes ``eval.json``."""
+    config, net, _ = load_target_net(run_dir)
+    data, _ = build_training_data(config.data, root=data_root, labelled_domain=labelled_domain(config))
     report = {
-        "experiment": run.config.experiment,
-        "method": run.config.method.name,
-        "val_accuracy": accuracy(run.method, run.data.labelled_val, autocast=contextlib.nullcontext()),
-        "target_test_accuracy": accuracy(run.method, run.data.target_test, autocast=contextlib.nullcontext()),
-        "target_test_size": len(run.data.target_test),
+        "experiment": config.experiment,
+        "method": config.method.name,
+        "val_accuracy": accuracy(net, data.labelled_val, autocast=contextlib.nullcontext()),
+        "target_test_accuracy": accuracy(net, data.target_test, autocast=contextlib.nullcontext()),
+        "target_test_size": len(data.target_test),
         "data_root": data_root.describe(),
     }
     atomic_write_json(run_dir / "eval.json", report)

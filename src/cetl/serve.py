@@ -11,34 +11,11 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cetl.build import DataInfo, build_target_net
 from cetl.config import ExperimentConfig
-from cetl.data.datasets import DATASETS, RawSplit
+from cetl.data.datasets import RawSplit
 from cetl.data.digits import PROTOCOLS, to_protocol
-from cetl.engine.checkpoint import load_checkpoint
-from cetl.engine.loop import BEST_CHECKPOINT
-from cetl.errors import CetlError, RunError
-from cetl.networks import TapNetwork
-from cetl.runs import read_config
-
-
-def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, TapNetwork, DataInfo]:
-    """T2 of a finished run with its selected weights, in eval mode."""
-    config = read_config(run_dir)
-    protocol = PROTOCOLS[config.data.protocol]
-    info = DataInfo(
-        num_classes=DATASETS.get(config.data.target).num_classes,
-        channels=protocol.channels,
-        image_size=protocol.image_size,
-        sizes={},
-        notes=(),
-    )
-    net = build_target_net(config, info)
-    states = load_checkpoint(run_dir / BEST_CHECKPOINT).get("networks", {})
-    if "target_net" not in states:
-        raise RunError(f"'{run_dir / BEST_CHECKPOINT}' holds no target network weights")
-    net.load_state_dict(states["target_net"])
-    return config, net.eval(), info
+from cetl.errors import CetlError
+from cetl.runs import load_target_net
 
 
 def read_images(paths: list[Path], config: ExperimentConfig) -> Tensor:

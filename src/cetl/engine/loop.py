@@ -20,6 +20,7 @@ round k and resumed reproduces the uninterrupted run bit for bit on CPU.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import math
 import time
 from collections.abc import Iterator
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 
 from cetl.config import OptimizerConfig, TrainConfig
 from cetl.data.digits import LabelledSet, seeded_generator
+from cetl.data.training import TrainingData
 from cetl.engine.checkpoint import load_checkpoint, save_checkpoint
 from cetl.engine.logging import MetricsLog, progress
 from cetl.errors import ConfigError, RunError
@@ -40,31 +42,6 @@ from cetl.methods.base import Batch, Method, Stage, Stream, Update
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
 EVAL_BATCH_SIZE = 1024
-
-
-@dataclass(frozen=True)
-class TrainingData:
-    """Device-resident tensors a run reads.
-
-    Attributes:
-        labelled: labelled training images (source images in domain adaptation).
-        labelled_val: held-out part of the labelled data, used for model selection.
-        target: unlabelled target training images ``(N, C, H, W)``.
-        target_test: labelled target test data; read only to *report* accuracy.
-    """
-
-    labelled: LabelledSet
-    labelled_val: LabelledSet
-    target: Tensor
-    target_test: LabelledSet
-
-    def to(self, device: torch.device) -> TrainingData:
-        return TrainingData(
-            self.labelled.to(device),
-            self.labelled_val.to(device),
-            self.target.to(device),
-            self.target_test.to(device),
-        )
 
 
 @dataclass
@@ -77,6 +54,7 @@ class TrainingResult:
     val_accuracy: float
     rounds: int
     steps: dict[str, int]
+    term_steps: dict[str, int]
     wall_seconds: float
     device: str
     history: list[dict[str, Any]] = field(default_factory=list)
@@ -146,16 +124,19 @@ def run_update(
 
 
 @torch.inference_mode()
-def accuracy(method: Method, data: LabelledSet, *, autocast: contextlib.AbstractContextManager[Any]) -> float:
-    """Top-1 accuracy (a fraction) of ``method.predict`` on ``data``, in eval mode."""
-    was_training = method.training
-    method.eval()
+def accuracy(
+    model: nn.Module, data: LabelledSet, *, autocast: contextlib.AbstractContextManager[Any]
+) -> float:
+    """Top-1 accuracy (a fraction) of ``model.predict`` (or ``model`` itself) on ``data``, in eval mode."""
+    predict = getattr(model, "predict", model)
+    was_training = model.training
+    model.eval()
     correct = torch.zeros((), dtype=torch.long, device=data.y.device)
     for start in range(0, len(data), EVAL_BATCH_SIZE):
         with autocast:
-            logits = method.predict(data.x[start : start + EVAL_BATCH_SIZE])
+            logits = predict(data.x[start : start + EVAL_BATCH_SIZE])
         correct += (logits.argmax(dim=1) == data.y[start : start + EVAL_BATCH_SIZE]).sum()
-    method.train(was_training)
+    model.train(was_training)
     return correct.item() / max(1, len(data))
 
 
@@ -202,12 +183,35 @@ def _batches(
                 x, y = _stream_tensors(data, stream)
                 index = next(iterator).to(x.device)
                 if stream == "labelled":
-                    fields["x"], fields["y"] = x[index], y[index]
+                    fields["x"], fields["y"], fields["idx"] = x[index], y[index], index
                 else:
-                    fields["x_tgt"] = x[index]
+                    fields["x_tgt"], fields["idx_tgt"] = x[index], index
             yield Batch(**fields)
 
     return steps, generate()
+
+
+@dataclass
+class _Progress:
+    """Everything a resumed run needs besides weights and optimisers (saved in ``last.pt``)."""
+
+    rounds_done: int = 0
+    stage_steps: dict[str, int] = field(default_factory=dict)
+    term_steps: dict[str, int] = field(default_factory=dict)
+    """Steps in which each loss term was optimised: ``classify`` gives the classification budget."""
+    elapsed: float = 0.0
+    best: dict[str, Any] = field(
+        default_factory=lambda: {"round": -1, "val_accuracy": -math.inf, "target_test_accuracy": math.nan}
+    )
+    history: list[dict[str, Any]] = field(default_factory=list)
+    stage_losses: dict[str, float] = field(default_factory=dict)
+    """Mean loss of each stage in the last round (D7's convergence test compares them)."""
+    calm_rounds: int = 0
+    """Consecutive rounds in which every stage's mean loss moved less than ``tol``."""
+
+    @property
+    def global_step(self) -> int:
+        return sum(self.stage_steps.values())
 
 
 def train(
@@ -220,10 +224,12 @@ def train(
     run_dir: Path,
     resume: bool,
 ) -> TrainingResult:
-    """Train ``method`` for ``train_config.rounds`` rounds, checkpointing each one.
+    """Train ``method`` round by round, checkpointing each one.
 
     Model selection reads the labelled validation split or takes the last round; the
     target test accuracy is computed every round for the record but never chooses anything.
+    Stops after ``train_config.rounds`` or, with ``train_config.tol`` set, when every stage's
+    mean loss changed by less than ``tol`` (relative) for ``patience`` rounds (D7).
 
     Raises:
         RunError: on resume, when the checkpoint is missing or does not match the method.
@@ -237,22 +243,19 @@ def train(
         torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
     )
     networks = method.trainable_networks()
-
-    start_round, steps, elapsed = 0, {}, 0.0
-    best: dict[str, Any] = {"round": -1, "val_accuracy": -math.inf, "target_test_accuracy": math.nan}
+    method.prepare(data)
+    state = _Progress()
     optimizer_states: dict[str, Any] = {}
-    history: list[dict[str, Any]] = []
     if resume:
         checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
         _load_networks(networks, checkpoint["networks"], run_dir / LAST_CHECKPOINT)
-        start_round = int(checkpoint["rounds_done"])
-        steps, elapsed = dict(checkpoint["steps"]), float(checkpoint["elapsed"])
-        best, history = dict(checkpoint["best"]), list(checkpoint["history"])
+        method.load_resumable_state(checkpoint["method_state"])
+        state = _Progress(**checkpoint["progress"])
         optimizer_states = dict(checkpoint["optimizers"])
     log = MetricsLog(
         run_dir / "metrics.jsonl",
         tensorboard_dir=run_dir / "tensorboard" if train_config.tensorboard else None,
-        resume_after_round=start_round - 1 if resume else None,
+        resume_after_round=state.rounds_done - 1 if resume else None,
     )
     optimizers: dict[str, torch.optim.Optimizer] = {}
 
@@ -264,77 +267,89 @@ def train(
                 optimizers[key].load_state_dict(optimizer_states.pop(key))
         return optimizers[key]
 
-    started = time.perf_counter() - elapsed
-    global_step = sum(steps.values())
+    def run_stage(stage: Stage, round_index: int) -> dict[str, Any]:
+        """All epochs of one stage; returns its ``kind: stage`` record (mean loss, seconds)."""
+        started_stage = time.perf_counter()
+        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+        stage_steps = 0
+        for epoch in range(stage.epochs or train_config.stage_epochs):
+            count, batches = _batches(
+                data,
+                stage,
+                batch_size=train_config.batch_size,
+                max_steps=train_config.max_steps_per_epoch,
+                seed=seed,
+                tag=("batches", round_index, stage.name, epoch),
+            )
+            description = f"round {round_index + 1}/{train_config.rounds} {stage.name}"
+            for batch in progress(
+                batches, total=count, description=description, enabled=train_config.progress
+            ):
+                terms: dict[str, Tensor] = {}
+                for update in stage.updates:
+                    update_terms = run_update(
+                        update,
+                        batch,
+                        optimizer_for(stage, update),
+                        max_grad_norm=optimizer_config.max_grad_norm,
+                        autocast=autocast,
+                    )
+                    loss_sum += update_terms["loss"]
+                    for name, value in update_terms.items():
+                        if name != "loss":
+                            state.term_steps[name] = state.term_steps.get(name, 0) + 1
+                        terms[f"loss_{update.name}" if name == "loss" else name] = value
+                stage_steps += 1
+                state.stage_steps[stage.name] = state.stage_steps.get(stage.name, 0) + 1
+                if state.global_step % train_config.log_every == 0:
+                    values = _checked_floats(terms, stage.name)
+                    record = {"kind": "train", "round": round_index, "stage": stage.name}
+                    log.write({**record, "step": state.global_step, **values}, step=state.global_step)
+            _checked_floats(terms, stage.name)  # once per epoch even when no step was logged
+        extra = stage.on_end() if stage.on_end is not None else None
+        return {
+            "kind": "stage",
+            "round": round_index,
+            "stage": stage.name,
+            "step": state.global_step,
+            "mean_loss": float(loss_sum) / max(1, stage_steps),
+            "seconds": time.perf_counter() - started_stage,
+            **(extra or {}),
+        }
+
+    started = time.perf_counter() - state.elapsed
     try:
-        for round_index in range(start_round, train_config.rounds):
+        for round_index in range(state.rounds_done, train_config.rounds):
+            if train_config.tol is not None and state.calm_rounds >= train_config.patience:
+                break  # D7: converged
             torch.manual_seed(seeded_generator(seed, "round", str(round_index)).initial_seed())
             method.train()
-            for stage in method.stages(round_index):
-                for epoch in range(train_config.stage_epochs):
-                    count, batches = _batches(
-                        data,
-                        stage,
-                        batch_size=train_config.batch_size,
-                        max_steps=train_config.max_steps_per_epoch,
-                        seed=seed,
-                        tag=("batches", round_index, stage.name, epoch),
-                    )
-                    description = f"round {round_index + 1}/{train_config.rounds} {stage.name}"
-                    for batch in progress(
-                        batches, total=count, description=description, enabled=train_config.progress
-                    ):
-                        terms: dict[str, Tensor] = {}
-                        for update in stage.updates:
-                            for name, value in run_update(
-                                update,
-                                batch,
-                                optimizer_for(stage, update),
-                                max_grad_norm=optimizer_config.max_grad_norm,
-                                autocast=autocast,
-                            ).items():
-                                terms[f"loss_{update.name}" if name == "loss" else name] = value
-                        steps[stage.name] = steps.get(stage.name, 0) + 1
-                        global_step += 1
-                        if global_step % train_config.log_every == 0:
-                            values = _checked_floats(terms, stage.name)
-                            log.write(
-                                {
-                                    "kind": "train",
-                                    "round": round_index,
-                                    "stage": stage.name,
-                                    "step": global_step,
-                                    **values,
-                                },
-                                step=global_step,
-                            )
-                    _checked_floats(terms, stage.name)  # once per epoch even when no step logged
-                if stage.on_end is not None:
-                    stage.on_end()
+            stage_records = [run_stage(stage, round_index) for stage in method.stages(round_index)]
+            for record in stage_records:
+                log.write(record, step=state.global_step)
+            _update_convergence(state, stage_records, train_config.tol)
 
             record = {
                 "kind": "eval",
                 "round": round_index,
-                "step": global_step,
+                "step": state.global_step,
                 "val_accuracy": accuracy(method, data.labelled_val, autocast=autocast),
                 "target_test_accuracy": accuracy(method, data.target_test, autocast=autocast),
             }
-            history.append(record)
-            log.write(record, step=global_step)
-            improved = record["val_accuracy"] > best["val_accuracy"]
-            if selection == "last" or improved:
-                best = {k: record[k] for k in ("round", "val_accuracy", "target_test_accuracy")}
-                save_checkpoint(run_dir / BEST_CHECKPOINT, {"networks": _state(networks), "best": best})
+            state.history.append(record)
+            log.write(record, step=state.global_step)
+            if selection == "last" or record["val_accuracy"] > state.best["val_accuracy"]:
+                state.best = {k: record[k] for k in ("round", "val_accuracy", "target_test_accuracy")}
+                save_checkpoint(run_dir / BEST_CHECKPOINT, {"networks": _state(networks), "best": state.best})
+            state.rounds_done = round_index + 1
+            state.elapsed = time.perf_counter() - started
             save_checkpoint(
                 run_dir / LAST_CHECKPOINT,
                 {
-                    "rounds_done": round_index + 1,
                     "networks": _state(networks),
+                    "method_state": method.resumable_state(),
                     "optimizers": {k: o.state_dict() for k, o in optimizers.items()} | optimizer_states,
-                    "steps": steps,
-                    "elapsed": time.perf_counter() - started,
-                    "best": best,
-                    "history": history,
+                    "progress": dataclasses.asdict(state),
                 },
             )
     finally:
@@ -344,15 +359,28 @@ def train(
     _load_networks(networks, selected["networks"], run_dir / BEST_CHECKPOINT)
     return TrainingResult(
         selected_by=selection,
-        selected_round=int(best["round"]),
-        target_test_accuracy=float(best["target_test_accuracy"]),
-        val_accuracy=float(best["val_accuracy"]),
-        rounds=train_config.rounds,
-        steps=steps,
+        selected_round=int(state.best["round"]),
+        target_test_accuracy=float(state.best["target_test_accuracy"]),
+        val_accuracy=float(state.best["val_accuracy"]),
+        rounds=state.rounds_done,
+        steps=dict(state.stage_steps),
+        term_steps=dict(state.term_steps),
         wall_seconds=time.perf_counter() - started,
         device=str(device),
-        history=history,
+        history=state.history,
     )
+
+
+def _update_convergence(state: _Progress, stage_records: list[dict[str, Any]], tol: float | None) -> None:
+    """D7: count rounds in which every stage's mean loss moved less than ``tol`` (relative)."""
+    losses = {r["stage"]: r["mean_loss"] for r in stage_records}
+    if tol is not None and state.stage_losses and set(losses) == set(state.stage_losses):
+        calm = all(
+            abs(losses[name] - state.stage_losses[name]) <= tol * max(abs(state.stage_losses[name]), 1e-12)
+            for name in losses
+        )
+        state.calm_rounds = state.calm_rounds + 1 if calm else 0
+    state.stage_losses = losses
 
 
 def _checked_floats(terms: dict[str, Tensor], stage: str) -> dict[str, float]:

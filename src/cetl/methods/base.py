@@ -11,11 +11,14 @@ from __future__ import annotations
 import abc
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
-from typing import ClassVar, Literal
+from typing import TYPE_CHECKING, Any, ClassVar, Literal
 
 from torch import Tensor, nn
 
 from cetl.config import MethodConfig
+
+if TYPE_CHECKING:
+    from cetl.data.training import TrainingData
 
 Stream = Literal["labelled", "target"]
 """``labelled``: the labelled training data (source images in domain adaptation, target images
@@ -30,11 +33,15 @@ class Batch:
         x: labelled images ``(B, C, H, W)``.
         y: their labels ``(B,)``.
         x_tgt: unlabelled target images ``(B, C, H, W)``.
+        idx, idx_tgt: positions of ``x`` and ``x_tgt`` in their streams, so a method can look
+            up per-image values computed once (the source-feature cache, D9).
     """
 
     x: Tensor | None = None
     y: Tensor | None = None
     x_tgt: Tensor | None = None
+    idx: Tensor | None = None
+    idx_tgt: Tensor | None = None
 
 
 @dataclass(frozen=True)
@@ -72,19 +79,23 @@ class Stage:
         streams: data the stage draws; the first stream's size sets the epoch length and the
             others are cycled alongside it.
         updates: run in this order on every step's batch.
-        on_end: called once after the stage's epochs (e.g. to compute a GFI).
+        on_end: called once after the stage's epochs (e.g. to freeze T1′ or compute a GFI); may
+            return numbers to log with the stage's record.
+        epochs: epochs this stage runs in this round; ``None`` uses ``train.stage_epochs``.
     """
 
     name: str
     streams: tuple[Stream, ...]
     updates: tuple[Update, ...]
-    on_end: Callable[[], None] | None = None
+    on_end: Callable[[], dict[str, float] | None] | None = None
+    epochs: int | None = None
 
 
 class Method(nn.Module, metaclass=abc.ABCMeta):
     """Base class of every registered method.
 
-    Registry contract: ``cls(config: cls.Config, *, target_net: TapNetwork) -> Method``.
+    Registry contract: ``cls(config: cls.Config, *, target_net: TapNetwork, ...) -> Method``;
+    ``cetl.build.build_method`` supplies what each family needs (S, T1, the feature cache).
 
     Attributes:
         Config: the method's options (a :class:`MethodConfig` subclass).
@@ -93,7 +104,12 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
-    labelled_domain: ClassVar[Literal["source", "target"]] = "source"
+    labelled_domain: Literal["source", "target"] = "source"
+
+    @classmethod
+    def labelled_domain_for(cls, setting: str) -> Literal["source", "target"]:
+        """Whose labels this method reads in ``setting`` (known before the method is built)."""
+        return cls.labelled_domain
 
     @abc.abstractmethod
     def stages(self, round_index: int) -> list[Stage]:
@@ -106,3 +122,15 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def trainable_networks(self) -> dict[str, nn.Module]:
         """Networks the engine trains, checkpoints and (later) wraps in DDP; never the source."""
+
+    def prepare(self, data: TrainingData) -> None:
+        """Called once by the engine after moving the method and data to the device, before
+        training: the place to precompute per-image values (e.g. the source-feature cache)."""
+
+    def resumable_state(self) -> dict[str, Any]:
+        """Tensors and plain data, besides network weights, that later rounds read (e.g. a
+        GFI computed at the end of stage 2 and used in the next round's stage 1)."""
+        return {}
+
+    def load_resumable_state(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`resumable_state` returned (on ``--resume``)."""

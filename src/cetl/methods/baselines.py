@@ -13,7 +13,7 @@ Both train T2 alone with the classification loss (CETL paper, Eq. 4) in one
 
 from __future__ import annotations
 
-from typing import ClassVar, Literal
+from typing import Literal
 
 from torch import Tensor, nn
 
@@ -25,7 +25,7 @@ from cetl.networks import TapNetwork
 class SourceOnly(Method):
     """T2 trained with ``L_c`` (Eq. 4) on the labelled source data."""
 
-    labelled_domain: ClassVar[Literal["source", "target"]] = "source"
+    labelled_domain: Literal["source", "target"] = "source"
 
     def __init__(self, config: Method.Config, *, target_net: TapNetwork) -> None:
         super().__init__()
@@ -49,4 +49,4 @@ class SourceOnly(Method):
 class TargetOnly(SourceOnly):
     """T2 trained with ``L_c`` (Eq. 4) on labelled target training data."""
 
-    labelled_domain: ClassVar[Literal["source", "target"]] = "target"
+    labelled_domain: Literal["source", "target"] = "target"

@@ -1,0 +1,20 @@
+"""The frozen source network S: the wrapper, its adapters and the feature cache."""
+
+from cetl.source.adapters import (
+    source_from_callable,
+    source_from_network,
+    source_from_run,
+    source_from_torchvision,
+)
+from cetl.source.cache import FeatureCache
+from cetl.source.frozen import FrozenSource, InputTransform
+
+__all__ = [
+    "FeatureCache",
+    "FrozenSource",
+    "InputTransform",
+    "source_from_callable",
+    "source_from_network",
+    "source_from_run",
+    "source_from_torchvision",
+]

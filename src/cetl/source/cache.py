@@ -1,0 +1,66 @@
+"""The source-feature cache (METHOD.md D9).
+
+S is frozen, so for stage inputs without random augmentation S(x) at the tap never
+changes: compute it once per (S, tap, images) and index it every round. The key is
+a hash of S's fingerprint (parameters, buffers, tap, input transform) and of the
+image tensor's bytes, so any change to the source, the tap, the dataset, the subset
+or the transform gives a new key. Features live in memory; with ``cache_dir`` they
+are also saved as a safetensors file and reused by later runs.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import sys
+from pathlib import Path
+
+import torch
+from safetensors.torch import load as load_safetensors
+from safetensors.torch import save as save_safetensors
+from torch import Tensor
+
+from cetl.engine.checkpoint import atomic_write_bytes
+from cetl.source.frozen import FrozenSource
+
+FEATURE_BATCH = 512
+
+
+def cache_key(source: FrozenSource, images: Tensor) -> str:
+    """Hash of S's fingerprint and the exact images (shape, dtype, bytes)."""
+    digest = hashlib.sha256(source.fingerprint().encode())
+    digest.update(f"{tuple(images.shape)}:{images.dtype}".encode())
+    digest.update(images.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()[:32]
+
+
+class FeatureCache:
+    """Computes S's tap outputs for a whole image tensor once, optionally persisting them.
+
+    Args:
+        cache_dir: where to save features across runs (a safetensors file per key), or
+            ``None`` to keep them in memory for this run only.
+    """
+
+    def __init__(self, *, cache_dir: Path | None) -> None:
+        self.cache_dir = cache_dir
+
+    def features(self, source: FrozenSource, images: Tensor) -> Tensor:
+        """``source(images)`` for every image ``(N, *tap_shape)``, on ``images``' device."""
+        key = cache_key(source, images)
+        path = self.cache_dir / f"{key}.safetensors" if self.cache_dir is not None else None
+        hit = path is not None and path.is_file()
+        if hit:
+            features = load_safetensors(path.read_bytes())["features"].to(images.device)
+        else:
+            features = torch.cat(
+                [
+                    source(images[start : start + FEATURE_BATCH])
+                    for start in range(0, len(images), FEATURE_BATCH)
+                ]
+            )
+            if path is not None:
+                atomic_write_bytes(path, save_safetensors({"features": features.detach().cpu().contiguous()}))
+        where = str(path) if path is not None else "memory"
+        verb = "loaded from" if hit else "computed into"
+        print(f"cetl: source features {tuple(features.shape)} {verb} {where} (D9)", file=sys.stderr)
+        return features

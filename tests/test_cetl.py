@@ -1,0 +1,288 @@
+"""CETL I: frozen source, coupled losses, Algorithm 1 variants, D3, the feature cache."""
+
+import json
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from cetl.build import DataInfo, build_method
+from cetl.config import OptimizerConfig, TrainConfig
+from cetl.data.synthetic import synthetic_training_data
+from cetl.engine import loop
+from cetl.experiments import resolve
+from cetl.losses.classification import classification_loss
+from cetl.losses.reconstruction import source_reconstruction_loss, target_reconstruction_loss
+from cetl.methods import CETL, METHODS
+from cetl.networks import NETWORKS
+from cetl.source import FeatureCache, InputTransform, source_from_network
+
+INFO = DataInfo(num_classes=4, channels=1, image_size=28, sizes={}, notes=())
+TRAIN = TrainConfig(rounds=2, batch_size=16, max_steps_per_epoch=2, tensorboard=False, progress=False)
+VARIANTS = [name for name in METHODS.names() if issubclass(METHODS.get(name), CETL)]
+
+
+def make_source(seed: int = 7):
+    torch.manual_seed(seed)
+    net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=4)
+    return source_from_network(net, tap="coupling", temperature=4.0, description="test lenet")
+
+
+def make_method(name: str, *, sets=(), source=None):
+    config = resolve("digits_mn_to_us", method=name, profile="smoke", sets=["method.phase1_epochs=1", *sets])
+    return build_method(config, INFO, source=source or make_source())
+
+
+def snapshot(module):
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before, module):
+    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+
+
+def run_update(method, stage, batch):
+    for update in stage.updates:
+        optimizer = loop.make_optimizer(list(update.parameters()), OptimizerConfig(lr=1e-2))
+        loop.run_update(
+            update, batch, optimizer, max_grad_norm=None, autocast=torch.autocast("cpu", enabled=False)
+        )
+
+
+def batch_from(data, index=slice(0, 8)):
+    positions = torch.arange(len(data.labelled))[index]
+    return loop.Batch(
+        x=data.labelled.x[positions],
+        y=data.labelled.y[positions],
+        x_tgt=data.target[positions],
+        idx_tgt=positions,
+    )
+
+
+# --------------------------------------------------------------------------- losses
+
+
+def test_loss_references():
+    a, b = torch.rand(3, 1, 4, 4), torch.rand(3, 1, 4, 4)
+    assert torch.allclose(source_reconstruction_loss(a, b), ((a - b) ** 2).mean())  # D2: mean, not sum
+    recons2 = a.clone().requires_grad_()
+    recons1 = b.clone().requires_grad_()
+    target_reconstruction_loss(recons2, recons1).backward()
+    assert recons1.grad is None  # D3: nothing flows into the reconstruction target
+    assert torch.allclose(recons2.grad, 2 * (a - b) / a.numel())
+    logits, labels = torch.randn(5, 4), torch.tensor([0, 1, 2, 3, 0])
+    manual = -torch.log_softmax(logits, dim=1)[torch.arange(5), labels].mean()
+    assert torch.allclose(classification_loss(logits, labels), manual)
+
+
+# --------------------------------------------------------------------------- stage hygiene
+
+
+def test_each_stage_changes_only_its_networks():
+    method = make_method("cetl_e")
+    data = synthetic_training_data()
+    method.prepare(data)
+    batch = batch_from(data)
+    stage1, stage2, stage3 = method.stages(0)
+    assert [s.name for s in (stage1, stage2, stage3)] == [
+        "reconstruct_source",
+        "reconstruct_target",
+        "classify",
+    ]
+
+    before = {name: snapshot(getattr(method, name)) for name in ("target_net", "decoder", "source")}
+    run_update(method, stage1, batch)
+    assert changed(before["decoder"], method.decoder)
+    assert not changed(before["target_net"], method.target_net)
+    stage1.on_end()
+
+    before = {name: snapshot(getattr(method, name)) for name in ("target_net", "decoder")}
+    run_update(method, stage2, batch)
+    assert changed(before["decoder"], method.decoder) and changed(before["target_net"], method.target_net)
+
+    before = {name: snapshot(getattr(method, name)) for name in ("target_net", "decoder")}
+    run_update(method, stage3, batch)
+    assert changed(before["target_net"], method.target_net)
+    assert not changed(before["decoder"], method.decoder)
+
+
+def test_source_adapter_is_trained_in_stage_one_when_shapes_differ():
+    torch.manual_seed(0)
+    drcn_like = NETWORKS.get("drcn")(in_channels=1, image_size=28, num_classes=4)  # fc2: 1024 ≠ lenet's 500
+    source = source_from_network(drcn_like, tap="coupling", temperature=4.0, description="wide")
+    method = make_method("cetl_e", source=source)
+    assert "source_adapter" in method.trainable_networks()
+    data = synthetic_training_data()
+    method.prepare(data)
+    before = snapshot(method.source_adapter)
+    run_update(method, method.stages(0)[0], batch_from(data))
+    assert changed(before, method.source_adapter)
+
+
+# --------------------------------------------------------------------------- D3
+
+
+def test_frozen_decoder_copy_is_the_stage_two_target_and_never_moves():
+    method = make_method("cetl_e")
+    data = synthetic_training_data()
+    method.prepare(data)
+    batch = batch_from(data)
+    stage1, stage2, _ = method.stages(0)
+    run_update(method, stage1, batch)
+    stage1.on_end()
+    frozen = method._frozen_path
+    assert all(not p.requires_grad for p in frozen.parameters())
+    frozen_before = snapshot(frozen)
+    target = method._recons1(batch.x_tgt, batch.idx_tgt)
+    assert not target.requires_grad
+    torch.testing.assert_close(target, method.decoder(method.source(batch.x_tgt)))
+    run_update(method, stage2, batch)
+    assert not changed(frozen_before, frozen)
+    assert changed(frozen_before, torch.nn.Sequential(method.source_adapter, method.decoder))
+    torch.testing.assert_close(method._recons1(batch.x_tgt, batch.idx_tgt), target)  # T1′ unchanged
+
+
+def test_live_reconstruction_target_follows_the_current_decoder():
+    method = make_method("cetl_e", sets=["method.recon_target=live"])
+    data = synthetic_training_data()
+    method.prepare(data)
+    batch = batch_from(data)
+    torch.testing.assert_close(
+        method._recons1(batch.x_tgt, batch.idx_tgt), method.decoder(method.source(batch.x_tgt))
+    )
+
+
+def test_eq3_weights_the_coupled_stage():
+    method = make_method("cetl_f", sets=["method.classify_weight=0.25"])
+    coupled = method.stages(0)[1]
+    assert coupled.name == "classify_coupled"
+    assert dict(coupled.updates[0].weights) == {"classify": 0.25, "recon_target": 0.75}
+    assert [n for n, _ in method.stages(1)[0].updates[0].networks[0].named_children()][:1] == ["conv1"]
+    assert len(method.stages(1)) == 1  # phase 2 only after round 0
+    u_networks = make_method("cetl_u").stages(1)[0].updates[0].networks
+    assert len(u_networks) == 2  # cetl_u also trains T1
+
+
+# --------------------------------------------------------------------------- every variant
+
+
+@pytest.mark.parametrize("name", VARIANTS)
+def test_every_variant_trains_two_rounds_and_leaves_the_source_bit_identical(name, tmp_path):
+    source = make_source()
+    fingerprint = source.fingerprint()
+    method = make_method(name, source=source)
+    result = loop.train(
+        method,
+        synthetic_training_data(),
+        train_config=TRAIN,
+        optimizer_config=OptimizerConfig(lr=1e-3),
+        seed=0,
+        run_dir=tmp_path,
+        resume=False,
+    )
+    assert source.fingerprint() == fingerprint
+    assert all(p.grad is None and not p.requires_grad for p in source.parameters())
+    assert not source.training
+    assert result.term_steps["classify"] == 2 * 2
+    assert method.predict(torch.rand(3, 1, 28, 28)).shape == (3, 4)
+
+
+def test_cetl_f_resumes_with_its_frozen_decoder(tmp_path, monkeypatch):
+    train = TrainConfig(rounds=3, batch_size=16, max_steps_per_epoch=2, tensorboard=False, progress=False)
+
+    def run(run_dir, resume=False):
+        method = make_method("cetl_f")
+        loop.train(
+            method,
+            synthetic_training_data(),
+            train_config=train,
+            optimizer_config=OptimizerConfig(lr=1e-3),
+            seed=0,
+            run_dir=run_dir,
+            resume=resume,
+        )
+        return method
+
+    reference = run(tmp_path / "a")
+    calls = {"n": 0}
+    real = loop.accuracy
+
+    def interrupt(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 3:  # round 2's first evaluation
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(loop, "accuracy", interrupt)
+    with pytest.raises(KeyboardInterrupt):
+        run(tmp_path / "b")
+    monkeypatch.setattr(loop, "accuracy", real)
+    resumed = run(tmp_path / "b", resume=True)
+    for (name, a), (_, b) in zip(
+        reference.target_net.state_dict().items(), resumed.target_net.state_dict().items(), strict=True
+    ):
+        assert torch.equal(a, b), name
+
+
+# --------------------------------------------------------------------------- D9 cache
+
+
+def test_feature_cache_round_trips_and_is_invalidated_by_changes(tmp_path, capsys):
+    source = make_source()
+    images = synthetic_training_data().target
+    cache = FeatureCache(cache_dir=tmp_path)
+    first = cache.features(source, images)
+    assert torch.equal(first, source(images))
+    again = cache.features(source, images)
+    assert torch.equal(first, again)
+    assert "loaded from" in capsys.readouterr().err
+    assert len(list(tmp_path.glob("*.safetensors"))) == 1
+
+    cache.features(source, images.flip(-1))  # another transform of the data: another key
+    other_source = make_source(seed=8)
+    cache.features(other_source, images)  # other weights: another key
+    shifted = source_from_network(source.model, tap="logits", temperature=4.0, description="test lenet")
+    cache.features(shifted, images)  # other tap: another key
+    resized = make_source()
+    resized.input_transform = InputTransform(size=28, mean=(0.5,), std=(0.5,))
+    cache.features(resized, images)  # another input transform: another key
+    assert len(list(tmp_path.glob("*.safetensors"))) == 5
+
+
+def test_augmentation_bypasses_the_cache(capsys):
+    method = make_method("cetl_e", sets=["method.augment=true"])
+    method.prepare(synthetic_training_data())
+    assert method._features is None
+    assert "cache bypassed" in capsys.readouterr().err
+
+
+def test_soft_target_tap_is_a_distribution():
+    net = make_source().model
+    soft = source_from_network(net, tap="soft", temperature=4.0, description="soft")
+    out = soft(torch.rand(2, 1, 28, 28))
+    torch.testing.assert_close(out.sum(dim=1), torch.ones(2))
+    logits = net(torch.rand(2, 1, 28, 28))
+    assert F.softmax(logits / 4.0, dim=1).shape == out.shape
+
+
+# --------------------------------------------------------------------------- real data, CLI
+
+
+@pytest.mark.needs_data
+def test_cli_cetl_e_reuses_one_source_run_per_seed(data_root, tmp_path, capsys, monkeypatch):
+    from cetl.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    args = ["train", "digits_mn_to_us", "--profile", "smoke", "--data-root", str(data_root.path)]
+    assert main([*args, "--method", "cetl_e", "--out", "a"]) == 0
+    assert "training it" in capsys.readouterr().err
+    assert main([*args, "--method", "baseline", "--out", "b"]) == 0
+    assert main([*args, "--method", "source_only"]) == 1  # the default folder already holds S
+    err = capsys.readouterr().err
+    assert "training it" not in err and "already holds a run" in err
+    summary = json.loads(Path("a/summary.json").read_text())
+    source = json.loads(Path("runs/digits_mn_to_us/smoke/source_only/seed0/summary.json").read_text())
+    assert summary["source_accuracy_on_target"] == pytest.approx(source["target_test_accuracy"])
+    assert summary["classify_steps"] == json.loads(Path("b/summary.json").read_text())["classify_steps"]
+    assert set(summary["stage_seconds"]) == {"reconstruct_source", "reconstruct_target", "classify"}

@@ -40,9 +40,9 @@ def test_wrong_types_are_refused_with_the_expected_type():
 def test_literal_fields_list_the_choices():
     with pytest.raises(ConfigError) as error:
         resolve("digits_mn_to_us", sets=["data.protocol=adaa"])
-    assert (
-        str(error.value)
-        == "invalid value 'adaa' for 'data.protocol'; did you mean 'adda'? expected one of: 'drcn', 'adda', 'cifar', 'cifar10s', 'stl_cifar'"
+    assert str(error.value) == (
+        "invalid value 'adaa' for 'data.protocol'; did you mean 'adda'? "
+        "expected one of: 'drcn', 'adda', 'cifar', 'cifar10s', 'stl_cifar'"
     )
 
 

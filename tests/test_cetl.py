@@ -286,3 +286,59 @@ def test_cli_cetl_e_reuses_one_source_run_per_seed(data_root, tmp_path, capsys, 
     assert summary["source_accuracy_on_target"] == pytest.approx(source["target_test_accuracy"])
     assert summary["classify_steps"] == json.loads(Path("b/summary.json").read_text())["classify_steps"]
     assert set(summary["stage_seconds"]) == {"reconstruct_source", "reconstruct_target", "classify"}
+
+
+# --------------------------------------------------------------------------- source adapters
+
+
+def test_torchvision_source_reads_penultimate_features_and_adapts_grey_inputs():
+    from cetl.source import source_from_torchvision
+
+    source = source_from_torchvision("resnet18", tap="coupling", temperature=4.0)
+    assert source(torch.rand(2, 1, 32, 32)).shape == (2, 512)  # grey → RGB for S only
+    assert source.tap_shape((1, 32, 32)) == (512,)
+    assert source_from_torchvision("resnet18", tap="layer4", temperature=4.0)(
+        torch.rand(1, 3, 64, 64)
+    ).shape == (
+        1,
+        512,
+        2,
+        2,
+    )
+
+
+def test_torchvision_source_errors_are_specific(monkeypatch, tmp_path):
+    import socket
+
+    from cetl.errors import CetlError, ConfigError
+    from cetl.source import source_from_torchvision
+
+    with pytest.raises(
+        ConfigError, match=r"unknown weights 'IMAGENET1K_V9' for resnet18; known: IMAGENET1K_V1"
+    ):
+        source_from_torchvision("resnet18:IMAGENET1K_V9", tap="coupling", temperature=4.0)
+    with pytest.raises(ConfigError, match=r"unknown torchvision model 'resnet181'"):
+        source_from_torchvision("resnet181", tap="coupling", temperature=4.0)
+
+    def offline(*args, **kwargs):
+        raise OSError("network is unreachable (test)")
+
+    monkeypatch.setattr(socket, "getaddrinfo", offline)
+    monkeypatch.setenv("TORCH_HOME", str(tmp_path))
+    with pytest.raises(
+        CetlError, match=r"could not load the resnet18:IMAGENET1K_V1 weights .*torch hub cache"
+    ):
+        source_from_torchvision("resnet18:IMAGENET1K_V1", tap="coupling", temperature=4.0)
+
+
+def test_callable_source_and_input_transform():
+    from cetl.source import source_from_callable
+
+    source = source_from_callable(
+        lambda x: x.mean(dim=(2, 3)),
+        name="means",
+        input_transform=InputTransform(size=8, channels=3, mean=(0.5,) * 3, std=(0.5,) * 3),
+    )
+    out = source(torch.ones(2, 1, 32, 32))
+    torch.testing.assert_close(out, torch.ones(2, 3))  # (1 − 0.5) / 0.5
+    assert not out.requires_grad

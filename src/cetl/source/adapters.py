@@ -68,13 +68,12 @@ def source_from_torchvision(spec: str, *, tap: str, temperature: float) -> Froze
     weights = None
     transform = InputTransform(channels=3)
     if weights_name:
+        weights_enum = models.get_model_weights(name)
         try:
-            weights = models.get_weight(f"{type(models.get_model_weights(name)).__name__}.{weights_name}")
-        except (ValueError, KeyError, AttributeError):
-            known = [w.name for w in models.get_model_weights(name)]
-            raise ConfigError(
-                f"unknown weights '{weights_name}' for {name}; known: {', '.join(known)}"
-            ) from None
+            weights = weights_enum[weights_name]
+        except KeyError:
+            known = [w.name for w in weights_enum]
+            raise ConfigError(f"unknown weights '{weights_name}' for {name}; known: {', '.join(known)}") from None
         preprocess = weights.transforms()
         transform = InputTransform(
             size=int(preprocess.crop_size[0]),

@@ -1,0 +1,387 @@
+"""The one streaming Fisher estimator (CETL paper Section 3.2; METHOD.md D4).
+
+Chen, Zhang, Dong, "Coupled End-to-End Transfer Learning with Generalized Fisher
+Information", CVPR 2018. GFI (Eq. 10) starts from the diagonal Fisher information ``F_i``
+of a task's loss for each shared parameter ``θ_i``, and the Relative Fisher (Eq. 9) from the
+*samples* of that Fisher for two tasks. METHOD.md D4 defines both:
+
+    f_i^k = (∂L̃_k / ∂θ_i)²,   F_i = (1/K) Σ_k f_i^k,
+
+one sample per micro-batch ``k`` (K micro-batches of m examples), dropout off and BatchNorm
+statistics frozen. ``F`` is the mean of squares, never the square of the mean gradient: the
+mean gradient of a converged task is ≈ 0 while its Fisher is not (the classic EWC bug).
+
+Which Fisher is estimated is decided by the loss functions the caller passes:
+
+* ``fisher: sampled`` (default, the paper's "gradients of outputs with respect to weights"):
+  the loss uses targets drawn from the model itself — :func:`sampled_categorical_loss` for
+  cross-entropy, :func:`sampled_gaussian_loss` for squared error. Its expectation is the
+  true Fisher (the Gauss–Newton diagonal for squared error).
+* ``fisher: empirical``: the same losses with the true targets (e.g.
+  :func:`cetl.losses.classification.classification_loss`). No extra code: pass a different
+  loss function. Its values vanish as a stage converges, because the residuals do.
+
+Memory is O(#params): the estimator keeps running sums, never the K samples, unless
+``keep_samples=True`` (for the ``binned`` Relative Fisher, O(K·#params)).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import Tensor, nn
+
+from cetl.errors import ConfigError
+
+LossFn = Callable[[Any], Tensor]
+"""``micro_batch -> scalar loss L̃_k``; evaluated once per micro-batch and differentiated."""
+
+Reduce = Callable[[Tensor], Tensor]
+"""``local sum -> sum over all ranks`` (e.g. a DDP all-reduce); must return the reduced tensor."""
+
+EPS_SCALE = 1e-8
+"""ε = EPS_SCALE × mean(f) keeps ``log(f + ε)`` finite where a Fisher sample is exactly 0 (D5)."""
+
+
+@dataclass(frozen=True)
+class FisherStats:
+    """Finalised statistics of one loss's Fisher samples, per parameter name.
+
+    Attributes:
+        mean: ``F_i = mean_k f_i^k``, the diagonal Fisher (same shape and device as θ).
+        log_mean: ``mean_k log(f_i^k + ε)`` in float64; only for losses in a pair (for RF).
+        log_sq_mean: ``mean_k log(f_i^k + ε)²`` in float64; only for losses in a pair.
+        eps: the ε of those logs; ``None`` when the loss is in no pair.
+        samples: ``f_i^k`` stacked over k, ``(K, *θ.shape)``; only with ``keep_samples=True``.
+    """
+
+    mean: dict[str, Tensor]
+    log_mean: dict[str, Tensor] | None = None
+    log_sq_mean: dict[str, Tensor] | None = None
+    eps: float | None = None
+    samples: dict[str, Tensor] | None = None
+
+
+@dataclass(frozen=True)
+class FisherEstimate:
+    """What :func:`estimate_fisher` returns: per-loss statistics and joint moments of pairs.
+
+    Attributes:
+        count: K, the number of micro-batches (summed over ranks when reduced).
+        losses: loss name → its :class:`FisherStats`.
+        log_cross_mean: ``(first, second)`` pair → ``mean_k log(f1+ε1)·log(f2+ε2)`` per
+            parameter name (float64), the joint moment the gaussian Relative Fisher needs.
+    """
+
+    count: int
+    losses: dict[str, FisherStats]
+    log_cross_mean: dict[tuple[str, str], dict[str, Tensor]]
+
+    def fisher(self, loss: str) -> dict[str, Tensor]:
+        """``F`` of ``loss`` per parameter name (a :class:`ConfigError` naming the known losses)."""
+        if loss not in self.losses:
+            raise ConfigError(f"no Fisher was estimated for loss '{loss}'; estimated: {sorted(self.losses)}")
+        return self.losses[loss].mean
+
+
+def estimate_fisher(
+    parameters: Mapping[str, nn.Parameter],
+    losses: Mapping[str, LossFn],
+    micro_batches: Iterable[Any],
+    *,
+    modules: Sequence[nn.Module],
+    pairs: Sequence[tuple[str, str]] = (),
+    keep_samples: bool = False,
+    reduce: Reduce | None = None,
+) -> FisherEstimate:
+    """Diagonal Fisher ``F_i = mean_k (∂L̃_k/∂θ_i)²`` of several losses in one streaming pass (D4).
+
+    Every loss is evaluated on the *same* micro-batch k, so the samples of two losses are
+    paired by k, as the Relative Fisher (Eq. 9) requires. Gradients come from
+    ``torch.autograd.grad`` on ``parameters`` only: ``.grad`` fields are never touched, and a
+    parameter a loss does not reach gets zero samples (no error). During the pass every module
+    in ``modules`` is in eval mode — dropout off and BatchNorm using, not updating, its running
+    statistics — and each submodule's own train/eval flag is restored afterwards.
+
+    For each pair ``(a, b)`` the pass also accumulates ``Σ_k log(f_a+ε_a)``, ``Σ_k log²`` and the
+    cross product ``Σ_k log(f_a+ε_a)·log(f_b+ε_b)`` in float64 (float64 because the correlation
+    is computed from raw moments, whose cancellation float32 cannot afford). ε of a loss is
+    ``EPS_SCALE × mean(f)`` with the mean over all regularised parameters of the *first*
+    micro-batch (summed over ranks with ``reduce``): a streaming pass cannot know the mean over
+    all K in advance, and ε only has to be negligible against typical samples while keeping
+    ``log`` finite at exact zeros; it is floored at float32's smallest normal number.
+
+    Args:
+        parameters: the regularised parameter set, by name (e.g. T1's ``named_parameters()``).
+        losses: loss name → ``fn(micro_batch)`` returning the scalar ``L̃_k``.
+        micro_batches: the K micro-batches (consumed once; typically K = 32 of m = 8).
+        modules: the networks the losses run through; put in eval mode during the pass.
+        pairs: loss pairs whose Relative Fisher will be needed (see
+            :func:`cetl.fisher.relative.relative_fisher`).
+        keep_samples: also keep every ``f^k`` (O(K·#params); for the ``binned`` RF).
+            Single-process only.
+        reduce: sums over ranks (a DDP all-reduce). Called, in the same order on every rank,
+            once after the first micro-batch (for ε, when there are pairs) and once per
+            accumulated tensor at the end; every rank must see at least one micro-batch.
+            ``None``: single process.
+
+    Returns:
+        A :class:`FisherEstimate`.
+
+    Raises:
+        ConfigError: no micro-batches, a loss that is not a scalar, a parameter that does not
+            require grad, an unknown or degenerate pair, or ``keep_samples`` with ``reduce``.
+    """
+    names = list(parameters)
+    params = [parameters[name] for name in names]
+    pairs = _check_inputs(names, params, losses, pairs, keep_samples, reduce)
+    logged = sorted({loss for pair in pairs for loss in pair})
+    acc = _Accumulator(names, params, list(losses), logged, pairs, keep_samples)
+    with _eval_mode(modules), torch.enable_grad():
+        for k, batch in enumerate(micro_batches):
+            squares = {loss: _squared_gradients(loss, fn(batch), params) for loss, fn in losses.items()}
+            if k == 0:
+                acc.set_eps(squares, reduce)
+            acc.add(squares)
+    return acc.finalise(reduce)
+
+
+def sampled_categorical_loss(logits: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Cross-entropy against labels drawn from the model's own softmax (D4, ``fisher: sampled``).
+
+    With ``y ~ softmax(logits)`` the expected squared gradient of this loss is the true Fisher of
+    the classifier (Eq. 4's likelihood), not the empirical one. Labels are drawn by the
+    Gumbel-max trick from uniform noise generated on ``generator``'s device and then moved, so a
+    CPU generator gives the same labels on every device.
+
+    Args:
+        logits: unnormalised class scores, classes on dim 1.
+        generator: the random stream (``None``: torch's global one).
+
+    Returns:
+        The mean cross-entropy over the micro-batch.
+
+    Shape:
+        logits ``(B, C)`` (or ``(B, C, *)``).
+    """
+    device = generator.device if generator is not None else logits.device
+    uniform = torch.rand(logits.shape, generator=generator, device=device).to(logits.device)
+    # Gumbel-max: argmax(logits + Gumbel noise) ~ softmax(logits); the floor keeps log finite.
+    gumbel = -torch.log(-torch.log(uniform.clamp_min(torch.finfo(uniform.dtype).tiny)))
+    labels = (logits.detach().float() + gumbel).argmax(dim=1)  # (B, *)
+    return nn.functional.cross_entropy(logits.float(), labels)
+
+
+def sampled_gaussian_loss(prediction: Tensor, generator: torch.Generator | None = None) -> Tensor:
+    """Squared error against ``prediction + N(0, 1)`` noise (D4, ``fisher: sampled``).
+
+    The loss is ``mean_n ½ Σ_d (pred_nd − target_nd)²`` with ``target = pred.detach() + ν``,
+    ``ν ~ N(0, I)``: the negative log-likelihood of a unit-variance Gaussian with the
+    prediction as its mean. Its gradient is ``−(1/B) Σ_n J_nᵀ ν_n``, so the expected squared
+    gradient is ``(1/B²) Σ_n diag(J_nᵀ J_n)`` — the Gauss–Newton diagonal of the micro-batch
+    (1/B of the per-example one; any constant factor is removed by
+    :func:`normalise_fisher` and does not change the Relative Fisher). The reconstruction losses
+    themselves are means over pixels (D2); the sum over output dims here is deliberate, so that
+    the scale does not depend on the noise being averaged away.
+
+    Args:
+        prediction: the model output (e.g. a reconstruction).
+        generator: the random stream (``None``: torch's global one); noise is drawn on its
+            device and moved, so a CPU generator gives the same targets on every device.
+
+    Returns:
+        A scalar.
+
+    Shape:
+        prediction ``(B, *)``.
+    """
+    device = generator.device if generator is not None else prediction.device
+    noise = torch.randn(prediction.shape, generator=generator, device=device).to(prediction.device)
+    residual = prediction.float() - (prediction.detach().float() + noise)  # (B, *)
+    return 0.5 * residual.reshape(len(residual), -1).square().sum(dim=1).mean()
+
+
+def normalise_fisher(mean: Mapping[str, Tensor]) -> dict[str, Tensor]:
+    """``F / mean(F)`` over the whole regularised parameter set (METHOD.md D4, ``fisher_norm: mean``).
+
+    Reconstruction and classification losses have Fishers of very different scales; dividing
+    by the mean makes the DWA weight λ (Eq. 11) scale-free. An all-zero Fisher (a loss that
+    reaches none of the parameters) is returned unchanged rather than divided by zero.
+
+    Args:
+        mean: ``F`` per parameter name.
+
+    Returns:
+        ``F`` divided by its mean over all elements of all tensors.
+    """
+    numel = sum(f.numel() for f in mean.values())
+    if numel == 0:
+        return dict(mean)
+    average = sum(float(f.sum(dtype=torch.float64)) for f in mean.values()) / numel
+    if average <= 0:
+        return dict(mean)
+    return {name: f / average for name, f in mean.items()}
+
+
+def _check_inputs(
+    names: list[str],
+    params: list[nn.Parameter],
+    losses: Mapping[str, LossFn],
+    pairs: Sequence[tuple[str, str]],
+    keep_samples: bool,
+    reduce: Reduce | None,
+) -> list[tuple[str, str]]:
+    """Validate :func:`estimate_fisher`'s arguments; return the pairs as a list of tuples."""
+    if not names:
+        raise ConfigError("estimate_fisher needs at least one parameter to regularise; got none")
+    if not losses:
+        raise ConfigError("estimate_fisher needs at least one loss; got none")
+    frozen = [name for name, p in zip(names, params, strict=True) if not p.requires_grad]
+    if frozen:
+        raise ConfigError(f"Fisher parameters must require grad; these do not: {frozen}")
+    checked = []
+    for pair in pairs:
+        first, second = pair
+        unknown = [loss for loss in pair if loss not in losses]
+        if unknown:
+            raise ConfigError(f"Fisher pair {pair} names unknown losses {unknown}; losses: {sorted(losses)}")
+        if first == second:
+            raise ConfigError(f"a Relative Fisher pair needs two different losses; got {pair}")
+        checked.append((first, second))
+    if keep_samples and reduce is not None:
+        raise ConfigError(
+            "keep_samples=True (the binned Relative Fisher) is single-process only: per-rank "
+            "samples cannot be summed; use the gaussian estimator under DDP"
+        )
+    return checked
+
+
+def _squared_gradients(loss_name: str, loss: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
+    """``(∂L̃_k/∂θ)²`` per parameter; zeros where the loss does not reach a parameter."""
+    if loss.ndim != 0:
+        raise ConfigError(f"loss '{loss_name}' must return a scalar for the Fisher; got shape {tuple(loss.shape)}")
+    if not loss.requires_grad:
+        return [torch.zeros_like(p, dtype=_acc_dtype(p)) for p in params]
+    grads = torch.autograd.grad(loss, params, allow_unused=True)
+    return [
+        torch.zeros_like(p, dtype=_acc_dtype(p)) if g is None else g.detach().to(_acc_dtype(p)).square()
+        for g, p in zip(grads, params, strict=True)
+    ]
+
+
+def _acc_dtype(p: Tensor) -> torch.dtype:
+    """At least float32: squares of bf16 gradients would lose most of their digits."""
+    return torch.promote_types(p.dtype, torch.float32)
+
+
+class _Accumulator:
+    """Running sums behind :func:`estimate_fisher`; everything O(#params) unless keeping samples."""
+
+    def __init__(
+        self,
+        names: list[str],
+        params: list[nn.Parameter],
+        losses: list[str],
+        logged: list[str],
+        pairs: list[tuple[str, str]],
+        keep_samples: bool,
+    ) -> None:
+        self.names, self.losses, self.logged, self.pairs = names, losses, logged, pairs
+        self.device = params[0].device
+        self.count = 0
+        self.eps: dict[str, float] = {}
+        self.sums = {loss: [torch.zeros_like(p, dtype=_acc_dtype(p)) for p in params] for loss in losses}
+        wide = {"dtype": torch.float64}
+        self.log_sums = {loss: [torch.zeros_like(p, **wide) for p in params] for loss in logged}
+        self.log_sq_sums = {loss: [torch.zeros_like(p, **wide) for p in params] for loss in logged}
+        self.cross_sums = {pair: [torch.zeros_like(p, **wide) for p in params] for pair in pairs}
+        self.samples: dict[str, list[list[Tensor]]] | None = (
+            {loss: [[] for _ in params] for loss in losses} if keep_samples else None
+        )
+
+    def set_eps(self, squares: dict[str, list[Tensor]], reduce: Reduce | None) -> None:
+        """ε per paired loss from the first micro-batch, summed over ranks so all ranks agree."""
+        if not self.logged:
+            return
+        rows = []
+        for loss in self.logged:
+            total = torch.zeros((), dtype=torch.float64, device=self.device)
+            for f in squares[loss]:
+                total += f.sum(dtype=torch.float64).to(self.device)
+            numel = float(sum(f.numel() for f in squares[loss]))
+            rows.append(torch.stack([total, torch.tensor(numel, dtype=torch.float64, device=self.device)]))
+        totals = torch.stack(rows)  # (L, 2): Σf and #elements, per paired loss
+        if reduce is not None:
+            totals = reduce(totals)
+        floor = torch.finfo(torch.float32).tiny
+        for loss, (total, numel) in zip(self.logged, totals.tolist(), strict=True):
+            self.eps[loss] = max(EPS_SCALE * total / numel, floor)
+
+    def add(self, squares: dict[str, list[Tensor]]) -> None:
+        """Fold one micro-batch's samples into the sums."""
+        self.count += 1
+        for loss in self.losses:
+            for acc, f in zip(self.sums[loss], squares[loss], strict=True):
+                acc.add_(f)
+            if self.samples is not None:
+                for kept, f in zip(self.samples[loss], squares[loss], strict=True):
+                    kept.append(f)
+        logs = {loss: [torch.log(f.double() + self.eps[loss]) for f in squares[loss]] for loss in self.logged}
+        for loss in self.logged:
+            for s, s2, a in zip(self.log_sums[loss], self.log_sq_sums[loss], logs[loss], strict=True):
+                s.add_(a)
+                s2.addcmul_(a, a)
+        for (first, second), cross in self.cross_sums.items():
+            for c, a, b in zip(cross, logs[first], logs[second], strict=True):
+                c.addcmul_(a, b)
+
+    def finalise(self, reduce: Reduce | None) -> FisherEstimate:
+        """Reduce the sums over ranks (if asked) and divide by the total K."""
+        count = self.count
+        if reduce is not None:
+            count = int(round(reduce(torch.tensor(float(count), dtype=torch.float64, device=self.device)).item()))
+        if count == 0:
+            raise ConfigError("estimate_fisher got no micro-batches; the Fisher needs K ≥ 1 (default 32)")
+
+        def mean(sums: list[Tensor]) -> dict[str, Tensor]:
+            reduced = [reduce(s) if reduce is not None else s for s in sums]
+            return {name: s / count for name, s in zip(self.names, reduced, strict=True)}
+
+        stats = {}
+        for loss in self.losses:
+            logged = loss in self.eps
+            stats[loss] = FisherStats(
+                mean=mean(self.sums[loss]),
+                log_mean=mean(self.log_sums[loss]) if logged else None,
+                log_sq_mean=mean(self.log_sq_sums[loss]) if logged else None,
+                eps=self.eps.get(loss),
+                samples=self._stacked(loss),
+            )
+        cross = {pair: mean(sums) for pair, sums in self.cross_sums.items()}
+        return FisherEstimate(count=count, losses=stats, log_cross_mean=cross)
+
+    def _stacked(self, loss: str) -> dict[str, Tensor] | None:
+        if self.samples is None:
+            return None
+        return {name: torch.stack(kept) for name, kept in zip(self.names, self.samples[loss], strict=True)}
+
+
+@contextmanager
+def _eval_mode(modules: Sequence[nn.Module]) -> Iterator[None]:
+    """Eval mode for the estimate (dropout off, BatchNorm frozen), then every flag as it was.
+
+    Flags are saved per submodule, not per root: a user may hold part of a network in eval
+    (a frozen BatchNorm) while the rest trains, and ``root.train()`` would undo that.
+    """
+    saved = [(m, m.training) for root in modules for m in root.modules()]
+    for root in modules:
+        root.eval()
+    try:
+        yield
+    finally:
+        for module, training in saved:
+            module.training = training

@@ -26,3 +26,32 @@ def _no_ambient_data_root(monkeypatch: pytest.MonkeyPatch, request: pytest.Fixtu
     """Tests that do not ask for ``data_root`` must not depend on the caller's environment."""
     if "data_root" not in request.fixturenames and "keep_env" not in request.keywords:
         monkeypatch.delenv(ENV_VAR, raising=False)
+
+
+@pytest.fixture
+def interrupt_at_evaluation(monkeypatch: pytest.MonkeyPatch):
+    """``interrupt_at_evaluation(n)`` makes the engine's n-th accuracy call raise Ctrl-C.
+
+    The engine evaluates twice per round (validation, target test) after checkpointing the
+    previous round, so n = 2r + 1 interrupts round r+1 with r rounds saved. Call it with
+    ``None`` to restore normal evaluation.
+    """
+    from cetl.engine import loop
+
+    real = loop.accuracy
+
+    def arm(n: int | None) -> None:
+        if n is None:
+            monkeypatch.setattr(loop, "accuracy", real)
+            return
+        calls = {"n": 0}
+
+        def interrupting(*args, **kwargs):
+            calls["n"] += 1
+            if calls["n"] == n:
+                raise KeyboardInterrupt
+            return real(*args, **kwargs)
+
+        monkeypatch.setattr(loop, "accuracy", interrupting)
+
+    return arm

@@ -188,7 +188,7 @@ def test_every_variant_trains_two_rounds_and_leaves_the_source_bit_identical(nam
     assert method.predict(torch.rand(3, 1, 28, 28)).shape == (3, 4)
 
 
-def test_cetl_f_resumes_with_its_frozen_decoder(tmp_path, monkeypatch):
+def test_cetl_f_resumes_with_its_frozen_decoder(tmp_path, interrupt_at_evaluation):
     train = TrainConfig(rounds=3, batch_size=16, max_steps_per_epoch=2, tensorboard=False, progress=False)
 
     def run(run_dir, resume=False):
@@ -205,19 +205,10 @@ def test_cetl_f_resumes_with_its_frozen_decoder(tmp_path, monkeypatch):
         return method
 
     reference = run(tmp_path / "a")
-    calls = {"n": 0}
-    real = loop.accuracy
-
-    def interrupt(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 3:  # round 2's first evaluation
-            raise KeyboardInterrupt
-        return real(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "accuracy", interrupt)
+    interrupt_at_evaluation(3)  # round 2's first evaluation: round 1 and T1′ are saved
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "b")
-    monkeypatch.setattr(loop, "accuracy", real)
+    interrupt_at_evaluation(None)
     resumed = run(tmp_path / "b", resume=True)
     for (name, a), (_, b) in zip(
         reference.target_net.state_dict().items(), resumed.target_net.state_dict().items(), strict=True

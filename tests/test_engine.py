@@ -66,22 +66,12 @@ def test_tiny_run_learns_and_writes_records(tmp_path):
     assert result.target_test_accuracy == best["target_test_accuracy"]
 
 
-def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, monkeypatch):
+def test_interrupted_and_resumed_run_matches_an_uninterrupted_one(tmp_path, interrupt_at_evaluation):
     reference, reference_result = run(tmp_path / "straight")
-
-    calls = {"n": 0}
-    real_accuracy = loop.accuracy
-
-    def interrupting_accuracy(*args, **kwargs):
-        calls["n"] += 1
-        if calls["n"] == 5:  # round 3's first evaluation: rounds 1-2 are checkpointed
-            raise KeyboardInterrupt
-        return real_accuracy(*args, **kwargs)
-
-    monkeypatch.setattr(loop, "accuracy", interrupting_accuracy)
+    interrupt_at_evaluation(5)  # round 3's first evaluation: rounds 1-2 are checkpointed
     with pytest.raises(KeyboardInterrupt):
         run(tmp_path / "interrupted")
-    monkeypatch.setattr(loop, "accuracy", real_accuracy)
+    interrupt_at_evaluation(None)
     assert load_checkpoint(tmp_path / "interrupted" / loop.LAST_CHECKPOINT)["progress"]["rounds_done"] == 2
 
     resumed, resumed_result = run(tmp_path / "interrupted", resume=True)

@@ -81,11 +81,15 @@ class FisherEstimate:
     losses: dict[str, FisherStats]
     log_cross_mean: dict[tuple[str, str], dict[str, Tensor]]
 
-    def fisher(self, loss: str) -> dict[str, Tensor]:
-        """``F`` of ``loss`` per parameter name (a :class:`ConfigError` naming the known losses)."""
+    def stats(self, loss: str) -> FisherStats:
+        """The statistics of ``loss`` (a :class:`ConfigError` naming the estimated losses)."""
         if loss not in self.losses:
             raise ConfigError(f"no Fisher was estimated for loss '{loss}'; estimated: {sorted(self.losses)}")
-        return self.losses[loss].mean
+        return self.losses[loss]
+
+    def fisher(self, loss: str) -> dict[str, Tensor]:
+        """``F`` of ``loss`` per parameter name."""
+        return self.stats(loss).mean
 
 
 def estimate_fisher(
@@ -185,8 +189,8 @@ def sampled_gaussian_loss(prediction: Tensor, generator: torch.Generator | None 
     gradient is ``(1/B²) Σ_n diag(J_nᵀ J_n)`` — the Gauss–Newton diagonal of the micro-batch
     (1/B of the per-example one; any constant factor is removed by
     :func:`normalise_fisher` and does not change the Relative Fisher). The reconstruction losses
-    themselves are means over pixels (D2); the sum over output dims here is deliberate, so that
-    the scale does not depend on the noise being averaged away.
+    themselves are means over pixels (D2); summing over output dims here keeps this the exact
+    negative log-likelihood, whose expected squared gradient is the Fisher.
 
     Args:
         prediction: the model output (e.g. a reconstruction).
@@ -263,7 +267,9 @@ def _check_inputs(
 def _squared_gradients(loss_name: str, loss: Tensor, params: list[nn.Parameter]) -> list[Tensor]:
     """``(∂L̃_k/∂θ)²`` per parameter; zeros where the loss does not reach a parameter."""
     if loss.ndim != 0:
-        raise ConfigError(f"loss '{loss_name}' must return a scalar for the Fisher; got shape {tuple(loss.shape)}")
+        raise ConfigError(
+            f"loss '{loss_name}' must return a scalar for the Fisher; got shape {tuple(loss.shape)}"
+        )
     if not loss.requires_grad:
         return [torch.zeros_like(p, dtype=_acc_dtype(p)) for p in params]
     grads = torch.autograd.grad(loss, params, allow_unused=True)
@@ -343,7 +349,8 @@ class _Accumulator:
         """Reduce the sums over ranks (if asked) and divide by the total K."""
         count = self.count
         if reduce is not None:
-            count = int(round(reduce(torch.tensor(float(count), dtype=torch.float64, device=self.device)).item()))
+            total = reduce(torch.tensor(float(count), dtype=torch.float64, device=self.device))
+            count = round(total.item())
         if count == 0:
             raise ConfigError("estimate_fisher got no micro-batches; the Fisher needs K ≥ 1 (default 32)")
 

@@ -30,7 +30,7 @@ import torch
 from torch import Tensor
 
 from cetl.errors import ConfigError
-from cetl.fisher.estimate import FisherEstimate, FisherStats
+from cetl.fisher.estimate import FisherEstimate
 from cetl.registry import Registry
 
 RelativeFisherFn = Callable[[FisherEstimate, str, str], dict[str, Tensor]]
@@ -68,7 +68,7 @@ def gaussian_relative_fisher(estimate: FisherEstimate, first: str, second: str) 
     ρ comes from the raw moments accumulated in float64 by the estimator; a variance under
     :data:`ZERO_VARIANCE` of the second moment is treated as exactly zero (RF = 0).
     """
-    a, b = _stats(estimate, first), _stats(estimate, second)
+    a, b = estimate.stats(first), estimate.stats(second)
     cross = estimate.log_cross_mean.get((first, second), estimate.log_cross_mean.get((second, first)))
     if a.log_mean is None or b.log_mean is None or cross is None:
         raise ConfigError(
@@ -77,7 +77,7 @@ def gaussian_relative_fisher(estimate: FisherEstimate, first: str, second: str) 
         )
     assert a.log_sq_mean is not None and b.log_sq_mean is not None
     rf = {}
-    for name, f in a.mean.items():
+    for name in a.mean:
         mean_a, mean_b = a.log_mean[name], b.log_mean[name]
         var_a = a.log_sq_mean[name] - mean_a.square()
         var_b = b.log_sq_mean[name] - mean_b.square()
@@ -95,9 +95,11 @@ def binned_relative_fisher(estimate: FisherEstimate, first: str, second: str) ->
 
     Binning uses ranks, which ``log(f + ε)`` does not change, so the raw samples are binned.
     """
-    a, b = _stats(estimate, first), _stats(estimate, second)
+    a, b = estimate.stats(first), estimate.stats(second)
     if a.samples is None or b.samples is None:
-        raise ConfigError("the binned Relative Fisher needs the samples: pass keep_samples=True to estimate_fisher")
+        raise ConfigError(
+            "the binned Relative Fisher needs the samples: pass keep_samples=True to estimate_fisher"
+        )
     rf = {}
     for name, x in a.samples.items():
         y = b.samples[name]
@@ -147,7 +149,9 @@ def linfoot(mutual_information: Tensor) -> Tensor:
     return torch.sqrt(-torch.expm1(-2 * mutual_information.clamp_min(0.0)))
 
 
-def rf_quantiles(rf: Mapping[str, Tensor], qs: Sequence[float] = (0.1, 0.5, 0.9)) -> dict[str, dict[str, float]]:
+def rf_quantiles(
+    rf: Mapping[str, Tensor], qs: Sequence[float] = (0.1, 0.5, 0.9)
+) -> dict[str, dict[str, float]]:
     """Per-layer summary of an RF map for logs: ``{name: {"q10": …, "q50": …, "q90": …, "mean": …}}``.
 
     Quantiles interpolate linearly (numpy's default); they are computed by sorting, which,
@@ -168,12 +172,6 @@ def rf_quantiles(rf: Mapping[str, Tensor], qs: Sequence[float] = (0.1, 0.5, 0.9)
         row["mean"] = float(flat.mean())
         summary[name] = row
     return summary
-
-
-def _stats(estimate: FisherEstimate, loss: str) -> FisherStats:
-    if loss not in estimate.losses:
-        raise ConfigError(f"no Fisher was estimated for loss '{loss}'; estimated: {sorted(estimate.losses)}")
-    return estimate.losses[loss]
 
 
 def _equal_frequency_bins(x: Tensor, bins: int) -> Tensor:

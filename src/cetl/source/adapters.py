@@ -73,7 +73,9 @@ def source_from_torchvision(spec: str, *, tap: str, temperature: float) -> Froze
             weights = weights_enum[weights_name]
         except KeyError:
             known = [w.name for w in weights_enum]
-            raise ConfigError(f"unknown weights '{weights_name}' for {name}; known: {', '.join(known)}") from None
+            raise ConfigError(
+                f"unknown weights '{weights_name}' for {name}; known: {', '.join(known)}"
+            ) from None
         preprocess = weights.transforms()
         transform = InputTransform(
             size=int(preprocess.crop_size[0]),
@@ -96,7 +98,7 @@ def source_from_torchvision(spec: str, *, tap: str, temperature: float) -> Froze
     elif tap == "coupling":
         extract, temp = penultimate_extractor(model), None
     else:
-        extract, temp = layer_extractor(tap), None
+        extract, temp = layer_extractor(model, tap), None
     return FrozenSource(
         model,
         extract=extract,

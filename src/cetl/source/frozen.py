@@ -129,26 +129,27 @@ class FrozenSource(nn.Module):
         return f"{self.description!r}"
 
 
-def layer_extractor(layer: str) -> Callable[[nn.Module, Tensor], Tensor]:
-    """Read the output of submodule ``layer`` of any ``nn.Module`` (a forward hook)."""
-
-    def extract(model: nn.Module, x: Tensor) -> Tensor:
-        try:
-            module = model.get_submodule(layer)
-        except AttributeError:
-            names = [n for n, _ in model.named_modules() if n]
-            raise ConfigError(
-                f"source has no layer '{layer}'; its layers include: {', '.join(names[:40])}"
-            ) from None
-        captured: list[Tensor] = []
+def _capture(model: nn.Module, x: Tensor, module_name: str, *, read_input: bool) -> Tensor:
+    """Run ``model`` on ``x`` and return what submodule ``module_name`` received or produced."""
+    captured: list[Tensor] = []
+    module = model.get_submodule(module_name)
+    if read_input:
+        handle = module.register_forward_pre_hook(lambda _m, args: captured.append(args[0]))
+    else:
         handle = module.register_forward_hook(lambda _m, _i, output: captured.append(output))
-        try:
-            model(x)
-        finally:
-            handle.remove()
-        return captured[0]
+    try:
+        model(x)
+    finally:
+        handle.remove()
+    return captured[0]
 
-    return extract
+
+def layer_extractor(model: nn.Module, layer: str) -> Callable[[nn.Module, Tensor], Tensor]:
+    """Read the output of submodule ``layer`` of any ``nn.Module`` (a forward hook)."""
+    names = [n for n, _ in model.named_modules() if n]
+    if layer not in names:
+        raise ConfigError(f"source has no layer '{layer}'; its layers include: {', '.join(names[:40])}")
+    return lambda model, x: _capture(model, x, layer, read_input=False)
 
 
 def penultimate_extractor(model: nn.Module) -> Callable[[nn.Module, Tensor], Tensor]:
@@ -156,20 +157,7 @@ def penultimate_extractor(model: nn.Module) -> Callable[[nn.Module, Tensor], Ten
     linears = [name for name, module in model.named_modules() if isinstance(module, nn.Linear)]
     if not linears:
         raise ConfigError("source has no nn.Linear layer, so it has no penultimate features; name a tap")
-    last = linears[-1]
-
-    def extract(model: nn.Module, x: Tensor) -> Tensor:
-        captured: list[Tensor] = []
-        handle = model.get_submodule(last).register_forward_pre_hook(
-            lambda _m, args: captured.append(args[0])
-        )
-        try:
-            model(x)
-        finally:
-            handle.remove()
-        return captured[0]
-
-    return extract
+    return lambda model, x: _capture(model, x, linears[-1], read_input=True)
 
 
 def logits_extractor(model: nn.Module, x: Tensor) -> Tensor:

@@ -1,5 +1,6 @@
 """CETL I: frozen source, coupled losses, Algorithm 1 variants, D3, the feature cache."""
 
+import dataclasses
 import json
 from pathlib import Path
 
@@ -42,11 +43,16 @@ def changed(before, module):
     return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
-def run_update(method, stage, batch):
+def run_update(method, stage, batch, lr=1e-2):
+    """One step of each of the stage's updates, with optimisers kept per (method, stage, update)
+    as the engine keeps them (a fresh Adam every step would move every parameter by ±lr)."""
+    optimizers = method.__dict__.setdefault("_test_optimizers", {})
     for update in stage.updates:
-        optimizer = loop.make_optimizer(list(update.parameters()), OptimizerConfig(lr=1e-2))
+        key = (stage.name, update.name)
+        if key not in optimizers:
+            optimizers[key] = loop.make_optimizer(list(update.parameters()), OptimizerConfig(lr=lr))
         loop.run_update(
-            update, batch, optimizer, max_grad_norm=None, autocast=torch.autocast("cpu", enabled=False)
+            update, batch, optimizers[key], max_grad_norm=None, autocast=torch.autocast("cpu", enabled=False)
         )
 
 
@@ -333,3 +339,74 @@ def test_callable_source_and_input_transform():
     out = source(torch.ones(2, 1, 32, 32))
     torch.testing.assert_close(out, torch.ones(2, 3))  # (1 − 0.5) / 0.5
     assert not out.requires_grad
+
+
+# --------------------------------------------------------------------------- CETL II: GFI and DWA
+
+
+def recon_source_on(method, batch):
+    with torch.no_grad():
+        return float(source_reconstruction_loss(method.decoder(method.source(batch.x_tgt)), batch.x_tgt))
+
+
+def test_dwa1_reduces_forgetting_of_stage_one():
+    """Stage 2 pulls T1 away from decoding S; DWA1 (Eq. 11) must hold it back.
+
+    Plain Fisher (``cetl_fi``, EWC) protects every important parameter and must at least halve
+    the damage; the GFI (``cetl``) deliberately drops part of the Fisher (Eq. 10), so it must
+    only reduce it. Adam as in the engine; lr 1e-3 in stage 2 (a stiff penalty under a large
+    Adam step oscillates around θ* instead of holding it).
+    """
+    data = synthetic_training_data()
+    increases = {}
+    for name in ("cetl_e", "cetl_fi", "cetl"):
+        torch.manual_seed(0)
+        method = make_method(name, sets=["method.dwa1_weight=10.0", "method.dwa_reduction=sum"])
+        method.prepare(data)
+        stage1, stage2, _ = method.stages(0)
+        batch = batch_from(data, slice(0, 32))
+        for _ in range(100):
+            run_update(method, stage1, batch, lr=1e-2)
+        stage1.on_end()
+        before = recon_source_on(method, batch)
+        for step in range(64):
+            start = (step * 8) % 96
+            run_update(method, stage2, batch_from(data, slice(start, start + 8)), lr=1e-3)
+        increases[name] = recon_source_on(method, batch) - before
+    assert increases["cetl_e"] > 0, increases
+    assert increases["cetl_fi"] < 0.5 * increases["cetl_e"], increases
+    assert increases["cetl"] < increases["cetl_e"], increases
+
+
+def test_gfi_records_and_dwa_terms_are_logged(tmp_path):
+    method = make_method("cetl")
+    loop.train(
+        method,
+        synthetic_training_data(),
+        train_config=dataclasses.replace(TRAIN, log_every=1),
+        optimizer_config=OptimizerConfig(lr=1e-3),
+        seed=0,
+        run_dir=tmp_path,
+        resume=False,
+    )
+    records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    stages = {(r["round"], r["stage"]): r for r in records if r["kind"] == "stage"}
+    first = stages[(0, "reconstruct_source")]
+    assert 0.0 < first["gfi1_kept"] < 1.0  # masked: neither all nor nothing kept
+    assert any(k.startswith("gfi1_kept/") for k in first) and first["gfi1_fisher_seconds"] > 0
+    assert any(k.startswith("gfi1_rf/") and k.endswith("/q50") for k in first)
+    second = stages[(0, "reconstruct_target")]
+    assert "gfi2_kept" in second and "gfi3_kept" in second
+    train = [r for r in records if r["kind"] == "train"]
+    assert any("dwa1" in r for r in train if r["stage"] == "reconstruct_target")
+    assert any("dwa3" in r for r in train if r["stage"] == "classify")
+    assert any("dwa2" in r for r in train if r["stage"] == "reconstruct_source" and r["round"] == 1)
+    assert not any("dwa2" in r for r in train if r["round"] == 0)  # no GFI2 before stage 2
+
+
+def test_cetl_fi_keeps_every_parameter():
+    method = make_method("cetl_fi")
+    data = synthetic_training_data()
+    method.prepare(data)
+    stage1 = method.stages(0)[0]
+    assert stage1.on_end()["gfi1_kept"] > 0.5  # F itself: only exact zeros are "dropped"

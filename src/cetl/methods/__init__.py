@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from cetl.methods.base import Batch, Method, Stage, Update
 from cetl.methods.baselines import SourceOnly, TargetOnly
-from cetl.methods.cetl import CETL, Baseline, CetlE, CetlE2E, CetlF, CetlU
+from cetl.methods.cetl import CETL, Baseline, Cetl, CetlE, CetlE2E, CetlF, CetlFI, CetlU
 from cetl.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry(
@@ -16,6 +16,8 @@ METHODS.add("baseline", Baseline)
 METHODS.add("cetl_f", CetlF)
 METHODS.add("cetl_u", CetlU)
 METHODS.add("cetl_e", CetlE)
+METHODS.add("cetl_fi", CetlFI)
+METHODS.add("cetl", Cetl)
 METHODS.add("cetl_e2e", CetlE2E)
 
 __all__ = ["CETL", "METHODS", "Batch", "Method", "Stage", "Update"]

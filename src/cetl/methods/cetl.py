@@ -23,6 +23,8 @@ from __future__ import annotations
 import copy
 import math
 import sys
+import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any, ClassVar, Literal
 
@@ -33,13 +35,25 @@ from torch import Tensor, nn
 from cetl.config import MethodConfig
 from cetl.data.training import TrainingData
 from cetl.errors import ConfigError
+from cetl.fisher import (
+    DWAPenalty,
+    estimate_fisher,
+    generalized_fisher,
+    kept_fractions,
+    normalise_fisher,
+    relative_fisher,
+    rf_quantiles,
+    sampled_categorical_loss,
+    sampled_gaussian_loss,
+)
 from cetl.losses.classification import classification_loss
 from cetl.losses.reconstruction import source_reconstruction_loss, target_reconstruction_loss
 from cetl.methods.base import Batch, Method, Stage, Update
 from cetl.networks import TapNetwork
 from cetl.source import FeatureCache, FrozenSource
 
-Variant = Literal["baseline", "cetl_f", "cetl_u", "cetl_e", "cetl_e2e"]
+Variant = Literal["baseline", "cetl_f", "cetl_u", "cetl_e", "cetl_fi", "cetl", "cetl_e2e"]
+DWA_VARIANTS = ("cetl_fi", "cetl")
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -69,6 +83,28 @@ class CetlConfig(MethodConfig):
     augment: bool = False
     """DRCN-style augmentation on the reconstruction stages: rotation ±20°, shift ±20%.
     Inputs then vary per step, so the source-feature cache is bypassed (D9)."""
+    fisher: Literal["sampled", "empirical"] = "sampled"
+    """D4: targets of the Fisher losses drawn from the model (``sampled``) or the true ones."""
+    fisher_batches: int = 32
+    """K of D4: micro-batches per Fisher estimate."""
+    fisher_batch_size: int = 8
+    """m of D4: images per micro-batch."""
+    fisher_norm: Literal["mean", "none"] = "mean"
+    """Divide F by its mean over the regularised set, so λ is scale-free across losses (D4)."""
+    rf_estimator: Literal["gaussian", "binned"] = "gaussian"
+    """D5: the Relative Fisher estimator (both on Linfoot's scale)."""
+    rf_threshold: float = 0.5
+    """u in Eq. 10: RF at or above it counts as shared."""
+    keep_prob: float = 0.9
+    """p in Eq. 10: keep a shared parameter's Fisher with probability p (a private one, 1 − p)."""
+    dwa1_weight: float = 1.0
+    """λ of DWA1 (Eq. 11): protects stage 1's T1 during stage 2."""
+    dwa2_weight: float = 1.0
+    """λ of DWA2: protects stage 2's T1 during the next round's stage 1."""
+    dwa3_weight: float = 1.0
+    """λ of DWA3: protects stage 2's T2 during stage 3."""
+    dwa_reduction: Literal["mean", "sum"] = "mean"
+    """Divide Eq. 11's sum by the number of parameters (``mean``) or not (``sum``, literal)."""
 
 
 class CETL(Method):
@@ -115,6 +151,8 @@ class CETL(Method):
         self._feature_cache = feature_cache
         self._features: Tensor | None = None  # (N_target, *tap_shape) once prepared
         self._frozen_path: nn.Module | None = None  # T1′ ∘ adapter′ (D3)
+        self._dwa: dict[str, DWAPenalty] = {}  # "dwa1".."dwa3", each with its θ*
+        self._fisher_data: TrainingData | None = None
 
     @classmethod
     def labelled_domain_for(cls, setting: str) -> Literal["source", "target"]:
@@ -122,6 +160,7 @@ class CETL(Method):
 
     def prepare(self, data: TrainingData) -> None:
         """Compute S's tap for every target-stream image once (D9), unless inputs vary."""
+        self._fisher_data = data
         if self.variant == "baseline" or self._feature_cache is None:
             return
         if self.config.augment:
@@ -136,26 +175,32 @@ class CETL(Method):
     def stages(self, round_index: int) -> list[Stage]:
         t1_path = (self.decoder, self.source_adapter)
         classify = Stage(
-            "classify", ("labelled",), (Update("target_net", (self.target_net,), self._classify),)
+            "classify",
+            ("labelled",),
+            (Update("target_net", (self.target_net,), self._classify_protected, self._dwa_weights),),
         )
         reconstruct_source = Stage(
             "reconstruct_source",
             ("target",),
-            (Update("decoder", t1_path, self._reconstruct_source),),
-            on_end=self._freeze_decoder,
+            (Update("decoder", t1_path, self._reconstruct_source_protected, self._dwa_weights),),
+            on_end=self._end_reconstruct_source,
             epochs=self.config.reconstruct_epochs,
         )
         if self.variant == "baseline":
             return [classify]
-        if self.variant == "cetl_e":
+        if self.variant in ("cetl_e", *DWA_VARIANTS):
             reconstruct_target = Stage(
                 "reconstruct_target",
                 ("target",),
                 (
                     Update(
-                        "decoder_and_target_net", (self.decoder, self.target_net), self._reconstruct_target
+                        "decoder_and_target_net",
+                        (self.decoder, self.target_net),
+                        self._reconstruct_target_protected,
+                        self._dwa_weights,
                     ),
                 ),
+                on_end=self._end_reconstruct_target,
                 epochs=self.config.reconstruct_epochs,
             )
             return [reconstruct_source, reconstruct_target, classify]
@@ -212,6 +257,26 @@ class CETL(Method):
         features = self.target_net.forward_taps(self._add_noise(clean), [coupling])[coupling]
         return {"recon_target": target_reconstruction_loss(self.decoder(features), target)}
 
+    @property
+    def _dwa_weights(self) -> dict[str, float]:
+        c = self.config
+        return {"dwa1": c.dwa1_weight, "dwa2": c.dwa2_weight, "dwa3": c.dwa3_weight}
+
+    def _penalty(self, name: str, network: nn.Module) -> dict[str, Tensor]:
+        """The DWA term ``name`` on ``network`` once its GFI exists (none in round 1's stage 1)."""
+        if name not in self._dwa:
+            return {}
+        return {name: self._dwa[name](dict(network.named_parameters()))}
+
+    def _reconstruct_source_protected(self, batch: Batch) -> dict[str, Tensor]:
+        return self._reconstruct_source(batch) | self._penalty("dwa2", self.decoder)
+
+    def _reconstruct_target_protected(self, batch: Batch) -> dict[str, Tensor]:
+        return self._reconstruct_target(batch) | self._penalty("dwa1", self.decoder)
+
+    def _classify_protected(self, batch: Batch) -> dict[str, Tensor]:
+        return self._classify(batch) | self._penalty("dwa3", self.target_net)
+
     def _classify_coupled(self, batch: Batch) -> dict[str, Tensor]:
         return self._classify(batch) | self._reconstruct_target(batch)
 
@@ -235,6 +300,108 @@ class CETL(Method):
         if self._frozen_path is None:
             self._freeze_decoder()  # cetl_e2e's first round: T1′ is the initial T1
         return self._frozen_path(features)
+
+    def _end_reconstruct_source(self) -> dict[str, float]:
+        """Freeze T1′ (D3); with DWA, compute GFI1 on T1 (protects ``L_r^s``, RF vs ``L_r^t``)."""
+        self._freeze_decoder()
+        if self.variant not in DWA_VARIANTS:
+            return {}
+        return self._compute_gfi("dwa1", self.decoder, "target", ("recon_source", "recon_target"))
+
+    def _end_reconstruct_target(self) -> dict[str, float] | None:
+        """With DWA: GFI2 on T1 (protects ``L_r^t``, RF vs ``L_r^s``) and GFI3 on T2 (protects
+        ``L_r^t``, RF vs ``L_c^t``, both on labelled micro-batches), METHOD.md D6."""
+        if self.variant not in DWA_VARIANTS:
+            return None
+        record = self._compute_gfi("dwa2", self.decoder, "target", ("recon_target", "recon_source"))
+        return record | self._compute_gfi("dwa3", self.target_net, "labelled", ("recon_target", "classify"))
+
+    def _compute_gfi(
+        self, name: str, network: nn.Module, stream: str, losses: tuple[str, str]
+    ) -> dict[str, float]:
+        """Estimate F of ``losses[0]`` and its RF against ``losses[1]`` on ``network``, draw the
+        GFI (``cetl``) or keep F (``cetl_fi``), and anchor DWA term ``name`` at θ* = now.
+
+        Returns the numbers logged with the stage: kept fractions, RF quantiles per layer, time.
+        """
+        started = time.perf_counter()
+        c = self.config
+        data = self._fisher_data
+        images = data.target if stream == "target" else data.labelled.x
+        labels = data.labelled.y if stream == "labelled" else None
+        # Global RNG: seeded per round by the engine, identical on every rank.
+        micro_batches = torch.randint(len(images), (c.fisher_batches, c.fisher_batch_size)).to(images.device)
+        mask_seed = int(torch.randint(2**62, (1,)))
+        cached = self._features if stream == "target" else None
+        loss_fns = {key: self._fisher_loss(key, images, labels, cached) for key in losses}
+        parameters = dict(network.named_parameters())
+        estimate = estimate_fisher(
+            parameters,
+            loss_fns,
+            micro_batches,
+            modules=[self.target_net, self.decoder, self.source_adapter],
+            pairs=[losses],
+            keep_samples=c.rf_estimator == "binned",
+        )
+        fisher = estimate.fisher(losses[0])
+        if c.fisher_norm == "mean":
+            fisher = normalise_fisher(fisher)
+        rf = relative_fisher(estimate, *losses, estimator=c.rf_estimator)
+        if self.variant == "cetl":
+            gfi = generalized_fisher(
+                fisher,
+                rf,
+                generator=torch.Generator().manual_seed(mask_seed),
+                rf_threshold=c.rf_threshold,
+                keep_prob=c.keep_prob,
+            )
+        else:
+            gfi = fisher  # cetl_fi: plain Fisher, i.e. EWC
+        self._dwa[name] = DWAPenalty.capture(gfi, parameters, reduction=c.dwa_reduction)
+        gfi_name = name.replace("dwa", "gfi")
+        record = {
+            f"{gfi_name}_kept/{k}" if k != "overall" else f"{gfi_name}_kept": v
+            for k, v in kept_fractions(gfi).items()
+        }
+        for layer, quantiles in rf_quantiles(rf).items():
+            record.update({f"{gfi_name}_rf/{layer}/{q}": v for q, v in quantiles.items()})
+        record[f"{gfi_name}_fisher_seconds"] = time.perf_counter() - started
+        return record
+
+    def _fisher_loss(
+        self, key: str, images: Tensor, labels: Tensor | None, features: Tensor | None
+    ) -> Callable[[Tensor], Tensor]:
+        """``fn(indices) -> L̃_k`` for one micro-batch: sampled targets (D4) or the true ones.
+
+        ``features`` are S's cached taps of ``images`` (D9), or ``None`` to run S.
+        """
+        sampled = self.config.fisher == "sampled"
+        coupling = self.target_net.coupling_tap
+
+        def source_path(index: Tensor) -> Tensor:
+            tap = features[index] if features is not None else self.source(images[index])
+            return self.decoder(self.source_adapter(tap))
+
+        def target_path(index: Tensor) -> Tensor:
+            return self.decoder(self.target_net.forward_taps(images[index], [coupling])[coupling])
+
+        def loss(index: Tensor) -> Tensor:
+            if key == "recon_source":
+                out = source_path(index)
+                return (
+                    sampled_gaussian_loss(out) if sampled else source_reconstruction_loss(out, images[index])
+                )
+            if key == "recon_target":
+                out = target_path(index)
+                if sampled:
+                    return sampled_gaussian_loss(out)
+                with torch.no_grad():
+                    target = self._recons1(images[index], None)
+                return target_reconstruction_loss(out, target)
+            logits = self.target_net(images[index])
+            return sampled_categorical_loss(logits) if sampled else classification_loss(logits, labels[index])
+
+        return loss
 
     def _freeze_decoder(self) -> None:
         """Take T1′ (with the adapter): the fixed reconstruction target of stage 2 (D3)."""
@@ -274,13 +441,21 @@ class CETL(Method):
         return networks
 
     def resumable_state(self) -> dict[str, Any]:
-        """T1′ crosses round boundaries in ``cetl_f``/``cetl_u``/``cetl_e2e``: save it."""
-        return {} if self._frozen_path is None else {"frozen_decoder": self._frozen_path.state_dict()}
+        """What crosses round boundaries: T1′ (``cetl_f``/``cetl_u``/``cetl_e2e``) and the DWA
+        terms with their GFI and θ* (GFI2 is used in the next round's stage 1)."""
+        state: dict[str, Any] = {
+            name: {"gfi": p.gfi, "anchor": p.anchor, "reduction": p.reduction}
+            for name, p in self._dwa.items()
+        }
+        if self._frozen_path is not None:
+            state["frozen_decoder"] = self._frozen_path.state_dict()
+        return state
 
     def load_resumable_state(self, state: dict[str, Any]) -> None:
         if "frozen_decoder" in state:
             self._freeze_decoder()
             self._frozen_path.load_state_dict(state["frozen_decoder"])
+        self._dwa = {name: DWAPenalty(**value) for name, value in state.items() if name.startswith("dwa")}
 
 
 class Baseline(CETL):
@@ -305,6 +480,18 @@ class CetlE(CETL):
     """Algorithm 1 rounds without DWA."""
 
     variant: ClassVar[Variant] = "cetl_e"
+
+
+class CetlFI(CETL):
+    """Algorithm 1 with DWA from the plain Fisher (GFI = F, no masking: EWC)."""
+
+    variant: ClassVar[Variant] = "cetl_fi"
+
+
+class Cetl(CETL):
+    """Algorithm 1 with DWA from the Generalized Fisher Information: the paper's method."""
+
+    variant: ClassVar[Variant] = "cetl"
 
 
 class CetlE2E(CETL):

@@ -56,6 +56,19 @@ def run_update(method, stage, batch, lr=1e-2):
         )
 
 
+def train_synthetic(method, run_dir, *, train=TRAIN, resume=False):
+    """The engine on the synthetic data with Adam 1e-3 and seed 0."""
+    return loop.train(
+        method,
+        synthetic_training_data(),
+        train_config=train,
+        optimizer_config=OptimizerConfig(lr=1e-3),
+        seed=0,
+        run_dir=run_dir,
+        resume=resume,
+    )
+
+
 def batch_from(data, index=slice(0, 8)):
     positions = torch.arange(len(data.labelled))[index]
     return loop.Batch(
@@ -178,15 +191,7 @@ def test_every_variant_trains_two_rounds_and_leaves_the_source_bit_identical(nam
     source = make_source()
     fingerprint = source.fingerprint()
     method = make_method(name, source=source)
-    result = loop.train(
-        method,
-        synthetic_training_data(),
-        train_config=TRAIN,
-        optimizer_config=OptimizerConfig(lr=1e-3),
-        seed=0,
-        run_dir=tmp_path,
-        resume=False,
-    )
+    result = train_synthetic(method, tmp_path, train=TRAIN, resume=False)
     assert source.fingerprint() == fingerprint
     assert all(p.grad is None and not p.requires_grad for p in source.parameters())
     assert not source.training
@@ -199,15 +204,7 @@ def test_cetl_f_resumes_with_its_frozen_decoder(tmp_path, interrupt_at_evaluatio
 
     def run(run_dir, resume=False):
         method = make_method("cetl_f")
-        loop.train(
-            method,
-            synthetic_training_data(),
-            train_config=train,
-            optimizer_config=OptimizerConfig(lr=1e-3),
-            seed=0,
-            run_dir=run_dir,
-            resume=resume,
-        )
+        train_synthetic(method, run_dir, train=train, resume=resume)
         return method
 
     reference = run(tmp_path / "a")
@@ -380,15 +377,7 @@ def test_dwa1_reduces_forgetting_of_stage_one():
 
 def test_gfi_records_and_dwa_terms_are_logged(tmp_path):
     method = make_method("cetl")
-    loop.train(
-        method,
-        synthetic_training_data(),
-        train_config=dataclasses.replace(TRAIN, log_every=1),
-        optimizer_config=OptimizerConfig(lr=1e-3),
-        seed=0,
-        run_dir=tmp_path,
-        resume=False,
-    )
+    train_synthetic(method, tmp_path, train=dataclasses.replace(TRAIN, log_every=1))
     records = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     stages = {(r["round"], r["stage"]): r for r in records if r["kind"] == "stage"}
     first = stages[(0, "reconstruct_source")]

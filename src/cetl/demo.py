@@ -22,8 +22,8 @@ from cetl.report.render import comparison_table, write_report
 from cetl.runs import LAST_CHECKPOINT, SUMMARY_FILE, train_run
 
 DEMO_EXPERIMENT = "digits_mn_to_us"
-DEMO_METHODS = ("source_only", "cetl_e", "target_only")
-"""``source_only`` is also S of ``cetl_e`` (the same run), so the two rows are paired;
+DEMO_METHODS = ("source_only", "cetl", "target_only")
+"""``source_only`` is also S of ``cetl`` (the same run), so the two rows are paired;
 ``target_only`` reads target labels and is shown as the oracle upper bound."""
 
 
@@ -44,7 +44,7 @@ def run_demo(out: Path, *, data_root: str | None = None, profile: str = "quick")
     summaries: list[dict[str, Any]] = []
     for method in DEMO_METHODS:
         run_dir = out / "runs" / method
-        # source_only's run *is* S of cetl_e: point the source at it so it is trained once.
+        # source_only's run *is* S of cetl: point the source at it so it is trained once.
         config = merge(
             resolve(DEMO_EXPERIMENT, method=method, profile=profile),
             {"source": {"path": str(out / "runs" / "source_only")}},

@@ -67,8 +67,7 @@ def _check_run_dir(run_dir: Path, config: ExperimentConfig, *, resume: bool) -> 
         raise RunError(f"nothing to resume in '{run_dir}': it has no {LAST_CHECKPOINT}")
     saved_path = run_dir / CONFIG_FILE
     if saved_path.exists():
-        saved = yaml.safe_load(saved_path.read_text(encoding="utf-8"))
-        differences = _differences(saved, to_dict(config))
+        differences = _differences(to_dict(read_config(run_dir)), to_dict(config))
         if differences:
             raise RunError(
                 f"cannot resume '{run_dir}' with a different config; changed: "
@@ -94,10 +93,7 @@ def source_run_config(config: ExperimentConfig) -> ExperimentConfig:
     base = EXPERIMENTS.get(config.experiment)(config.profile)
     base = merge(base, {"method": {"name": "source_only"}, "seed": config.seed})
     return dataclasses.replace(
-        base,
-        data=dataclasses.replace(config.data, transductive=False),
-        network=config.network,
-        source=config.source,  # irrelevant to source_only; kept equal so a shared S is recognised
+        base, data=dataclasses.replace(config.data, transductive=False), network=config.network
     )
 
 
@@ -113,8 +109,10 @@ def ensure_source_run(config: ExperimentConfig, *, data_root: DataRoot) -> Path:
     expected = source_run_config(config)
     path = Path(config.source.path) if config.source.path else default_run_dir(expected)
     if (path / SUMMARY_FILE).exists():
-        saved = yaml.safe_load((path / CONFIG_FILE).read_text(encoding="utf-8"))
-        differences = _differences(saved, to_dict(expected))
+        # Compared through read_config, so fields added to the schema since S was trained take
+        # their defaults instead of counting as changes; the source section is moot for S.
+        saved = {k: v for k, v in to_dict(read_config(path)).items() if k != "source"}
+        differences = _differences(saved, {k: v for k, v in to_dict(expected).items() if k != "source"})
         if differences:
             raise RunError(
                 f"the source run '{path}' was trained with another config than S needs "

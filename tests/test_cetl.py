@@ -350,15 +350,22 @@ def test_dwa1_reduces_forgetting_of_stage_one():
     """Stage 2 pulls T1 away from decoding S; DWA1 (Eq. 11) must hold it back.
 
     Plain Fisher (``cetl_fi``, EWC) protects every important parameter and must at least halve
-    the damage; the GFI (``cetl``) deliberately drops part of the Fisher (Eq. 10), so it must
-    only reduce it. Adam as in the engine; lr 1e-3 in stage 2 (a stiff penalty under a large
-    Adam step oscillates around θ* instead of holding it).
+    the damage. ``cetl`` with u = 0 and p = 1 keeps every F_i (Eq. 10 degenerates to F), so it
+    must protect as well: that checks the GFI path end to end. (With the default u, p the GFI
+    keeps ~10% of T1's Fisher here and its effect is within float noise, so it is not asserted.)
+    Adam as in the engine; lr 1e-3 in stage 2 (a stiff penalty under a large Adam step
+    oscillates around θ* instead of holding it).
     """
     data = synthetic_training_data()
     increases = {}
-    for name in ("cetl_e", "cetl_fi", "cetl"):
+    keep_all = ["method.rf_threshold=0.0", "method.keep_prob=1.0"]
+    for label, name, extra in (
+        ("cetl_e", "cetl_e", []),
+        ("cetl_fi", "cetl_fi", []),
+        ("cetl", "cetl", keep_all),
+    ):
         torch.manual_seed(0)
-        method = make_method(name, sets=["method.dwa1_weight=10.0", "method.dwa_reduction=sum"])
+        method = make_method(name, sets=["method.dwa1_weight=10.0", "method.dwa_reduction=sum", *extra])
         method.prepare(data)
         stage1, stage2, _ = method.stages(0)
         batch = batch_from(data, slice(0, 32))
@@ -369,10 +376,10 @@ def test_dwa1_reduces_forgetting_of_stage_one():
         for step in range(64):
             start = (step * 8) % 96
             run_update(method, stage2, batch_from(data, slice(start, start + 8)), lr=1e-3)
-        increases[name] = recon_source_on(method, batch) - before
+        increases[label] = recon_source_on(method, batch) - before
     assert increases["cetl_e"] > 0, increases
     assert increases["cetl_fi"] < 0.5 * increases["cetl_e"], increases
-    assert increases["cetl"] < increases["cetl_e"], increases
+    assert increases["cetl"] < 0.5 * increases["cetl_e"], increases
 
 
 def test_gfi_records_and_dwa_terms_are_logged(tmp_path):

@@ -103,33 +103,22 @@ def custom_spec(scheme: str, location: str) -> DatasetSpec:
     path = Path(location).expanduser()
     name = f"{scheme}:{location}"
     if scheme == "imagefolder":
-        scan = _scan_folder(path)
-        return DatasetSpec(
-            name=name,
-            title=f"image folder {path}",
-            num_classes=len(scan.classes),
-            channels=scan.geometry.channels,
-            files=(),
-            how_to_get=FOLDER_LAYOUT,
-            reader=_read_folder,
-            layout="NCHW",
-            classes=scan.classes,
-            splits=_splits_of(scan.files),
-            locator=lambda _root: Located("full", path),
-            path=path,
-        )
-    arrays = _read_npz(path)
+        found = _scan_folder(path)
+        title, layout_doc, reader, files = f"image folder {path}", FOLDER_LAYOUT, _read_folder, found.files
+    else:
+        found = _read_npz(path)
+        title, layout_doc, reader, files = f"npz file {path}", NPZ_LAYOUT, _read_npz_split, found.splits
     return DatasetSpec(
         name=name,
-        title=f"npz file {path}",
-        num_classes=len(arrays.classes),
-        channels=arrays.geometry.channels,
+        title=title,
+        num_classes=len(found.classes),
+        channels=found.geometry.channels,
         files=(),
-        how_to_get=NPZ_LAYOUT,
-        reader=_read_npz_split,
+        how_to_get=layout_doc,
+        reader=reader,
         layout="NCHW",
-        classes=arrays.classes,
-        splits=_splits_of(arrays.splits),
+        classes=found.classes,
+        splits=_splits_of(files),
         locator=lambda _root: Located("full", path),
         path=path,
     )

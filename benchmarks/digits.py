@@ -28,7 +28,7 @@ import torch
 from cetl.config import merge
 from cetl.data.root import resolve_data_root
 from cetl.experiments import resolve
-from cetl.runs import LAST_CHECKPOINT, SUMMARY_FILE, train_run
+from cetl.runs import LAST_CHECKPOINT, read_summary, train_run
 
 RESULTS = Path(__file__).parent / "results"
 
@@ -36,8 +36,9 @@ RESULTS = Path(__file__).parent / "results"
 def run_cell(experiment: str, method: str, seed: int, args: argparse.Namespace) -> dict[str, Any]:
     base = args.out / experiment / args.profile
     run_dir = base / method / f"seed{seed}"
-    if (run_dir / SUMMARY_FILE).exists():
-        return json.loads((run_dir / SUMMARY_FILE).read_text())
+    finished = read_summary(run_dir)
+    if finished is not None:
+        return finished
     config = resolve(experiment, method=method, profile=args.profile, seed=seed, sets=args.set)
     config = merge(config, {"source": {"path": str(base / "source_only" / f"seed{seed}")}})
     summary = train_run(

@@ -19,7 +19,7 @@ from cetl.config import merge
 from cetl.data.root import ENV_VAR, DataRoot, resolve_data_root, sample_root
 from cetl.experiments import resolve
 from cetl.report.render import comparison_table, write_report
-from cetl.runs import LAST_CHECKPOINT, SUMMARY_FILE, train_run
+from cetl.runs import LAST_CHECKPOINT, read_summary, train_run
 
 DEMO_EXPERIMENT = "digits_mn_to_us"
 DEMO_METHODS = ("source_only", "cetl", "target_only")
@@ -49,11 +49,10 @@ def run_demo(out: Path, *, data_root: str | None = None, profile: str = "quick")
             resolve(DEMO_EXPERIMENT, method=method, profile=profile),
             {"source": {"path": str(out / "runs" / "source_only")}},
         )
-        if (run_dir / SUMMARY_FILE).exists():
-            import json
-
+        finished = read_summary(run_dir)
+        if finished is not None:
             print(f"- {method}: already trained, reusing {run_dir}")
-            summaries.append(json.loads((run_dir / SUMMARY_FILE).read_text()))
+            summaries.append(finished)
             continue
         resume = (run_dir / LAST_CHECKPOINT).exists()
         print(f"- {method}: {'resuming' if resume else 'training'} into {run_dir}")

@@ -224,12 +224,16 @@ def read_config(run_dir: Path) -> ExperimentConfig:
     return merge(base, saved)
 
 
+def read_summary(run_dir: Path) -> dict[str, Any] | None:
+    """A finished run's ``summary.json``, or ``None`` while the run is unfinished."""
+    path = run_dir / SUMMARY_FILE
+    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+
+
 def run_data_root(run_dir: Path, explicit: str | None) -> DataRoot:
     """The data root to re-read a run with: explicit, else the sample if it trained on it."""
-    summary_path = run_dir / SUMMARY_FILE
-    trained_on_sample = (
-        summary_path.exists() and json.loads(summary_path.read_text()).get("data_root_origin") == "sample"
-    )
+    summary = read_summary(run_dir)
+    trained_on_sample = summary is not None and summary.get("data_root_origin") == "sample"
     if explicit is None and trained_on_sample:
         return sample_root()
     return resolve_data_root(explicit)

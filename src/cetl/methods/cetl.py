@@ -137,9 +137,8 @@ class CETL(Method):
         labelled_domain: Literal["source", "target"],
     ) -> None:
         super().__init__()
-        for name in ("classify_weight",):
-            if not 0.0 <= getattr(config, name) <= 1.0:
-                raise ConfigError(f"method.{name} must be in [0, 1], got {getattr(config, name)}")
+        if not 0.0 <= config.classify_weight <= 1.0:
+            raise ConfigError(f"method.classify_weight must be in [0, 1], got {config.classify_weight}")
         if not 0.0 <= config.input_noise < 1.0:
             raise ConfigError(f"method.input_noise must be in [0, 1), got {config.input_noise}")
         self.config = config

@@ -18,7 +18,7 @@ def data_root() -> DataRoot:
         pytest.skip(f"{ENV_VAR} is not set; real-data tests need MNIST and USPS there")
     if not Path(path).is_dir():
         pytest.skip(f"{ENV_VAR}={path} does not exist")
-    return DataRoot(Path(path), "env", download=False)
+    return DataRoot(Path(path).absolute(), "env", download=False)
 
 
 @pytest.fixture(autouse=True)

@@ -54,10 +54,11 @@ def user_cache_dir() -> Path:
 def resolve_data_root(explicit: str | os.PathLike[str] | None = None) -> DataRoot:
     """Pick the data root by the order in the module docstring."""
     if explicit is not None and str(explicit) != "":
-        return DataRoot(Path(explicit).expanduser(), "option", download=False)
+        return DataRoot(Path(explicit).expanduser().absolute(), "option", download=False)
     env = os.environ.get(ENV_VAR)
     if env:
-        return DataRoot(Path(env).expanduser(), "env", download=False)
+        # Absolute now, so a relative root (the README's ../shared/datasets) survives a chdir.
+        return DataRoot(Path(env).expanduser().absolute(), "env", download=False)
     return DataRoot(user_cache_dir(), "cache", download=True)
 
 

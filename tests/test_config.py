@@ -13,7 +13,7 @@ def test_unknown_top_level_key_names_it_with_suggestion_and_valid_keys():
         resolve("digits_mn_to_us", sets=["sed=1"])
     assert str(error.value) == (
         "unknown key 'sed'; did you mean 'seed'? valid keys: experiment, setting, profile, seed, "
-        "data, network, source, method, optimizer, train"
+        "data, network, source, method, optimizer, train, engine"
     )
 
 

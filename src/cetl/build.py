@@ -26,7 +26,7 @@ from cetl.data.natural import apply_protocol, protocol_num_classes
 from cetl.data.root import DataRoot, user_cache_dir
 from cetl.data.training import TrainingData
 from cetl.errors import ConfigError
-from cetl.methods import CETL, METHODS, Method
+from cetl.methods import METHODS, Method
 from cetl.networks import NETWORKS, TapNetwork, build_decoder
 from cetl.networks.coupling import source_adapter
 from cetl.source import FeatureCache, FrozenSource, source_from_run, source_from_torchvision
@@ -125,8 +125,8 @@ def build_target_net(config: ExperimentConfig, info: DataInfo) -> TapNetwork:
 
 
 def uses_source(config: ExperimentConfig) -> bool:
-    """Whether the configured method couples to a frozen source S."""
-    return issubclass(METHODS.get(config.method.name), CETL)
+    """Whether the configured method reads a frozen source S (CETL, ADDA, KD, fine-tuning)."""
+    return "source" in METHODS.get(config.method.name).components
 
 
 def build_source(config: SourceConfig, *, run_dir: Path | None) -> FrozenSource:
@@ -154,38 +154,42 @@ def build_feature_cache(config: SourceConfig) -> FeatureCache | None:
 def build_method(config: ExperimentConfig, info: DataInfo, *, source: FrozenSource | None = None) -> Method:
     """The configured method around freshly initialised networks (seeded by the run seed).
 
+    A method gets ``target_net`` plus the parts its class lists in ``components``; each part is
+    built here, so one function shows how the config reaches every method.
+
     Raises:
-        ConfigError: a coupling method without a source, or shapes that cannot be coupled (D1).
+        ConfigError: a method that needs S built without one, or shapes that cannot be coupled (D1).
     """
     method_class = METHODS.get(config.method.name)
+    wanted = method_class.components
     target_net = build_target_net(config, info)
-    if not issubclass(method_class, CETL):
-        return method_class(config.method, target_net=target_net)
-    if source is None:
-        raise ConfigError(f"method {config.method.name} needs a frozen source S (the source section)")
-    if config.method.target_init == "source":
-        try:
-            target_net.load_state_dict(source.model.state_dict())
-        except RuntimeError as error:
-            raise ConfigError(
-                "method.target_init=source needs S and T2 of one architecture; "
-                f"{error.args[0].splitlines()[0]}"
-            ) from None
-    torch.manual_seed(seeded_generator(config.seed, "init", "decoder").initial_seed())
-    decoder = build_decoder(target_net)
-    decoder_input = target_net.tap_shape(target_net.coupling_tap)
-    adapter = source_adapter(
-        source.tap_shape((info.channels, info.image_size, info.image_size)), decoder_input
-    )
-    return method_class(
-        config.method,
-        target_net=target_net,
-        decoder=decoder,
-        source=source,
-        source_adapter=adapter,
-        feature_cache=build_feature_cache(config.source),
-        labelled_domain=method_class.labelled_domain_for(config.setting),
-    )
+    parts: dict[str, object] = {}
+    if "source" in wanted:
+        if source is None:
+            raise ConfigError(f"method {config.method.name} needs a frozen source S (the source section)")
+        parts["source"] = source
+        if getattr(config.method, "target_init", "random") == "source":
+            try:
+                target_net.load_state_dict(source.model.state_dict())
+            except RuntimeError as error:
+                raise ConfigError(
+                    "method.target_init=source needs S and T2 of one architecture; "
+                    f"{error.args[0].splitlines()[0]}"
+                ) from None
+    if "decoder" in wanted:
+        torch.manual_seed(seeded_generator(config.seed, "init", "decoder").initial_seed())
+        parts["decoder"] = build_decoder(target_net)
+    if "source_adapter" in wanted:
+        assert source is not None
+        parts["source_adapter"] = source_adapter(
+            source.tap_shape((info.channels, info.image_size, info.image_size)),
+            target_net.tap_shape(target_net.coupling_tap),
+        )
+    if "feature_cache" in wanted:
+        parts["feature_cache"] = build_feature_cache(config.source)
+    if "labelled_domain" in wanted:
+        parts["labelled_domain"] = method_class.labelled_domain_for(config.setting)
+    return method_class(config.method, target_net=target_net, **parts)
 
 
 def labelled_domain(config: ExperimentConfig) -> str:

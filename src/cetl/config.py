@@ -136,6 +136,19 @@ class TrainConfig:
 
 
 @dataclass(frozen=True, kw_only=True)
+class EngineConfig:
+    """How the one loop executes steps: speed switches and failure policy (not what it trains)."""
+
+    compile: bool = False
+    """Compile the trainable networks with ``torch.compile`` (GPU runs; slow to start on CPU)."""
+    channels_last: bool = True
+    """Use the channels-last memory format for 4-D activations on CUDA (ignored on CPU)."""
+    on_nan: Literal["stop", "skip_batch"] = "stop"
+    """A non-finite loss stops the run, keeping the last good checkpoint (``stop``), or the
+    offending batch's update is skipped and counted (``skip_batch``)."""
+
+
+@dataclass(frozen=True, kw_only=True)
 class MethodConfig:
     """Base of every method's options; ``name`` picks the method (``cetl list methods``)."""
 
@@ -157,6 +170,7 @@ class ExperimentConfig:
     method: MethodConfig = field(default_factory=MethodConfig)
     optimizer: OptimizerConfig = field(default_factory=OptimizerConfig)
     train: TrainConfig = field(default_factory=TrainConfig)
+    engine: EngineConfig = field(default_factory=EngineConfig)
 
 
 def method_config_class(name: str) -> type[MethodConfig]:

@@ -20,6 +20,8 @@ from cetl.config import MethodConfig
 if TYPE_CHECKING:
     from cetl.data.training import TrainingData
 
+Component = Literal["source", "decoder", "source_adapter", "feature_cache", "labelled_domain"]
+
 Stream = Literal["labelled", "target"]
 """``labelled``: the labelled training data (source images in domain adaptation, target images
 otherwise). ``target``: unlabelled target training images (labels are never loaded)."""
@@ -99,12 +101,18 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
 
     Attributes:
         Config: the method's options (a :class:`MethodConfig` subclass).
+        components: the parts besides T2 the method is built with (see below).
         labelled_domain: whose labels the method trains on; decides what the ``labelled``
             stream holds and whether model selection can use source validation.
     """
 
     Config: ClassVar[type[MethodConfig]] = MethodConfig
     labelled_domain: Literal["source", "target"] = "source"
+    components: ClassVar[frozenset[Component]] = frozenset()
+    """What ``build_method`` passes besides ``target_net`` (keyword arguments of the same
+    names): ``source`` (the FrozenSource S), ``decoder`` (T1 mirrored from T2),
+    ``source_adapter`` (S's tap → T1's input, D1), ``feature_cache`` (D9) and
+    ``labelled_domain`` (resolved for the experiment's setting)."""
 
     @classmethod
     def labelled_domain_for(cls, setting: str) -> Literal["source", "target"]:

@@ -48,7 +48,7 @@ from cetl.fisher import (
 )
 from cetl.losses.classification import classification_loss
 from cetl.losses.reconstruction import source_reconstruction_loss, target_reconstruction_loss
-from cetl.methods.base import Batch, Method, Stage, Update
+from cetl.methods.base import Batch, Component, Method, Stage, Update
 from cetl.networks import TapNetwork
 from cetl.source import FeatureCache, FrozenSource
 
@@ -124,6 +124,9 @@ class CETL(Method):
 
     Config = CetlConfig
     variant: ClassVar[Variant] = "cetl_e"
+    components: ClassVar[frozenset[Component]] = frozenset(
+        {"source", "decoder", "source_adapter", "feature_cache", "labelled_domain"}
+    )
 
     def __init__(
         self,

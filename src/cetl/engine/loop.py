@@ -23,7 +23,7 @@ import contextlib
 import dataclasses
 import math
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -154,8 +154,11 @@ def _batches(
     max_steps: int | None,
     seed: int,
     tag: tuple[Any, ...],
+    progress: Callable[[float], float],
 ) -> tuple[int, Iterator[Batch]]:
     """(number of steps, iterator of batches) for one epoch of ``stage``.
+
+    ``progress`` maps the fraction of this epoch done to the fraction of the whole run done.
 
     The first stream sets the epoch length (full batches only, unless the stream is smaller
     than one batch); the others are cycled, each with its own seeded order.
@@ -177,8 +180,8 @@ def _batches(
 
     def generate() -> Iterator[Batch]:
         iterators = [indices(s, n) for s, n in zip(stage.streams, sizes, strict=True)]
-        for _ in range(steps):
-            fields: dict[str, Tensor | None] = {}
+        for step in range(steps):
+            fields: dict[str, Any] = {"progress": progress(step / steps)}
             for stream, iterator in zip(stage.streams, iterators, strict=True):
                 x, y = _stream_tensors(data, stream)
                 index = next(iterator).to(x.device)
@@ -272,7 +275,8 @@ def train(
         started_stage = time.perf_counter()
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
         stage_steps = 0
-        for epoch in range(stage.epochs or train_config.stage_epochs):
+        epochs = stage.epochs or train_config.stage_epochs
+        for epoch in range(epochs):
             count, batches = _batches(
                 data,
                 stage,
@@ -280,6 +284,9 @@ def train(
                 max_steps=train_config.max_steps_per_epoch,
                 seed=seed,
                 tag=("batches", round_index, stage.name, epoch),
+                progress=lambda done, epoch=epoch: (
+                    (round_index + (epoch + done) / epochs) / train_config.rounds
+                ),
             )
             description = f"round {round_index + 1}/{train_config.rounds} {stage.name}"
             for batch in progress(

@@ -37,6 +37,9 @@ class Batch:
         x_tgt: unlabelled target images ``(B, C, H, W)``.
         idx, idx_tgt: positions of ``x`` and ``x_tgt`` in their streams, so a method can look
             up per-image values computed once (the source-feature cache, D9).
+        progress: fraction of the planned training done before this step, in [0, 1): rounds
+            and the steps within the current stage epoch. Schedules read it (DANN's
+            gradient-reversal coefficient) so they need no state of their own to resume.
     """
 
     x: Tensor | None = None
@@ -44,6 +47,7 @@ class Batch:
     x_tgt: Tensor | None = None
     idx: Tensor | None = None
     idx_tgt: Tensor | None = None
+    progress: float = 0.0
 
 
 @dataclass(frozen=True)

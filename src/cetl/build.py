@@ -17,6 +17,7 @@ from cetl.data.datasets import RawSplit, dataset_variant, load_raw
 from cetl.data.digits import (
     PROTOCOLS,
     LabelledSet,
+    per_class_subset,
     seeded_generator,
     seeded_subset,
     split_validation,
@@ -89,13 +90,29 @@ def build_training_data(
         ),
         protocol,
     )
-    labelled_all = source_train if labelled_domain == "source" else target_train
+    few_target = None
+    if config.target_labels_per_class > 0:
+        few_target = per_class_subset(
+            target_train,
+            config.target_labels_per_class,
+            seed=config.split_seed,
+            name=f"{config.target}/train",
+        )
+    labelled_all = (
+        source_train if labelled_domain == "source" else (target_train if few_target is None else few_target)
+    )
     labelled, labelled_val = split_validation(
         labelled_all,
         config.val_fraction,
         seed=config.split_seed,
         name=config.source if labelled_domain == "source" else config.target,
     )
+    if few_target is not None and labelled_domain == "source":
+        labelled = LabelledSet(torch.cat([labelled.x, few_target.x]), torch.cat([labelled.y, few_target.y]))
+        notes.append(
+            f"{len(few_target)} labelled {config.target} training images "
+            f"({config.target_labels_per_class} per class) join the labelled source data"
+        )
     unlabelled = target_test.x if config.transductive else target_train.x
     data = TrainingData(labelled, labelled_val, unlabelled, target_test)
     info = DataInfo(
@@ -107,6 +124,7 @@ def build_training_data(
             "labelled_val": len(labelled_val),
             "target_unlabelled": int(unlabelled.shape[0]),
             "target_test": len(target_test),
+            **({"target_labelled": len(few_target)} if few_target is not None else {}),
         },
         notes=tuple(notes),
         variants={

@@ -5,6 +5,8 @@ Commands (dataset and experiment names are lower-case):
     cetl demo [--out DIR]                          quick MNIST→USPS comparison with a report
     cetl train EXPERIMENT|CONFIG.yaml [--method M] [--profile smoke|quick|paper] [--seed N]
                [--set KEY=VALUE ...] [--data-root DIR] [--out DIR] [--resume]
+    cetl compare EXPERIMENT --methods M1,M2,... [--seeds N] [--profile P] [--set KEY=VALUE ...]
+                 [--data-root DIR] [--out DIR]     methods × seeds side by side, paired per seed
     cetl eval RUN_DIR [--data-root DIR]
     cetl predict RUN_DIR IMAGE [IMAGE ...]
     cetl export RUN_DIR --format onnx|pt [--output FILE]
@@ -65,6 +67,28 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument("--out", help="run folder (default: runs/EXPERIMENT/PROFILE/METHOD/seedN)")
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last finished round"
+    )
+
+    compare = commands.add_parser(
+        "compare", help="train methods × seeds of one experiment and tabulate them, paired per seed"
+    )
+    compare.add_argument(
+        "experiment", metavar="EXPERIMENT", help="a shipped experiment (cetl list experiments)"
+    )
+    compare.add_argument(
+        "--methods", required=True, help="comma-separated method names, e.g. source_only,dann,cetl"
+    )
+    compare.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 (default: 3)")
+    compare.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
+    compare.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override for every cell"
+    )
+    compare.add_argument("--data-root", help="dataset folder (default: as for train)")
+    compare.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs"),
+        help="runs root: cells go to OUT/EXPERIMENT/PROFILE/METHOD/seedN, tables beside them (default: runs)",
     )
 
     show = commands.add_parser("show-config", help="print the resolved config as YAML")
@@ -139,6 +163,35 @@ def _train(args: argparse.Namespace) -> int:
         f"/{summary['rounds']}) in {summary['wall_seconds']:.0f} s on {summary['device']}\n"
         f"run folder: {run_dir}"
     )
+    return 0
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be at least 1, got {value}")
+    return value
+
+
+def _compare(args: argparse.Namespace) -> int:
+    from cetl.compare import compare, parse_methods
+    from cetl.data.root import resolve_data_root
+    from cetl.experiments import resolve
+
+    methods = parse_methods(args.methods)
+    for method in methods:  # every cell's config is validated before the first one trains
+        resolve(args.experiment, method=method, profile=args.profile, sets=args.sets)
+    folder = compare(
+        args.experiment,
+        methods,
+        list(range(args.seeds)),
+        profile=args.profile,
+        out=args.out,
+        data_root=resolve_data_root(args.data_root),
+        sets=args.sets,
+    )
+    print((folder / "compare.md").read_text(encoding="utf-8"), end="")
+    print(f"tables: {folder / 'compare.md'}, {folder / 'compare.json'}")
     return 0
 
 
@@ -218,6 +271,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 COMMANDS = {
     "train": _train,
+    "compare": _compare,
     "show-config": _show_config,
     "list": _list,
     "data": _data,

@@ -17,11 +17,12 @@ against the class of the method it names.
 from __future__ import annotations
 
 import dataclasses
+import math
 import types
 import typing
 from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 
@@ -31,6 +32,47 @@ from cetl.registry import did_you_mean
 Setting = Literal["domain_adaptation", "distillation", "transfer"]
 Profile = Literal["smoke", "quick", "paper"]
 PROFILES: tuple[str, ...] = typing.get_args(Profile)
+
+
+@dataclass(frozen=True)
+class Range:
+    """The interval a numeric field accepts, declared in its annotation and checked by :func:`merge`.
+
+    Written as ``Annotated[float, Range(gt=0)]`` (or one of the aliases below), so a field's
+    allowed values sit beside its type and default instead of in an ``if`` somewhere in the
+    code that reads it; an out-of-range value fails before anything runs, naming the key,
+    the value and the interval.
+    """
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def __contains__(self, value: float) -> bool:
+        # Written so that NaN, which compares false with everything, is outside every range.
+        return (
+            (self.ge is None or value >= self.ge)
+            and (self.gt is None or value > self.gt)
+            and (self.le is None or value <= self.le)
+            and (self.lt is None or value < self.lt)
+        )
+
+    def __str__(self) -> str:
+        lower = f"[{self.ge:g}" if self.ge is not None else f"({self.gt:g}" if self.gt is not None else ""
+        upper = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else ""
+        if lower and upper:
+            return f"in {lower}, {upper}"
+        if lower:
+            return f"{'>=' if lower[0] == '[' else '>'} {lower[1:]}"
+        return f"{'<=' if upper[-1] == ']' else '<'} {upper[:-1]}"
+
+
+Probability = Annotated[float, Range(ge=0, le=1)]
+PositiveFloat = Annotated[float, Range(gt=0)]
+NonNegativeFloat = Annotated[float, Range(ge=0)]
+PositiveInt = Annotated[int, Range(ge=1)]
+NonNegativeInt = Annotated[int, Range(ge=0)]
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -45,18 +87,22 @@ class DataConfig:
     """``drcn``: full sets, 32×32 grey in [0,1]. ``adda``: 2,000 MNIST / 1,800 USPS, 28×28.
     ``cifar``: 32×32 RGB. ``cifar10s``: a stratified 20% of CIFAR-10's training set.
     ``stl_cifar``: the 9 classes STL-10 and CIFAR-10 share, 32×32 RGB (METHOD.md §8)."""
-    source_train_limit: int | None = None
+    source_train_limit: PositiveInt | None = None
     """Use a seeded subset of this many source training images (``None``: the protocol's count)."""
-    target_train_limit: int | None = None
+    target_train_limit: PositiveInt | None = None
     """Use a seeded subset of this many target training images (``None``: the protocol's count)."""
-    test_limit: int | None = None
+    test_limit: PositiveInt | None = None
     """Evaluate on a seeded subset of the target test set (``None``: all of it; only ``smoke`` sets it)."""
-    val_fraction: float = 0.1
+    val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1
     """Fraction of the labelled training data held out for model selection."""
-    split_seed: int = 0
+    split_seed: NonNegativeInt = 0
     """Seed of the subset and validation splits; separate from ``seed`` so seeds share one split."""
     transductive: bool = False
     """Unlabelled target images from the target *test* split, as DRCN's own code did (METHOD.md §8)."""
+    target_labels_per_class: NonNegativeInt = 0
+    """Few-label setting: this many labelled target training images per class (seeded). In domain
+    adaptation they join the labelled source images (METHOD.md §5); where the labelled data is
+    target data they replace it. Validation stays on the labelled domain's own split."""
 
 
 @dataclass(frozen=True, kw_only=True)
@@ -77,13 +123,17 @@ class SourceConfig:
     ``torchvision``: the model ``model``."""
     path: str | None = None
     """``run``: the run folder. ``source_only``: where that run lives (default
-    ``runs/<experiment>/<profile>/source_only/seed<N>``)."""
+    ``runs/<experiment>/<profile>/source_only/seed<N>``, or ``source_only-<network>`` when
+    ``network`` differs from T2's)."""
+    network: str | None = None
+    """``source_only``: the network S is trained as (``None``: T2's own, as in domain adaptation;
+    ``resnet26`` for the distillation teacher, METHOD.md §5, §7)."""
     model: str | None = None
     """``torchvision``: ``NAME[:WEIGHTS]``, e.g. ``resnet50:IMAGENET1K_V1``."""
     tap: str = "coupling"
     """``coupling`` (a project network's coupling tap; otherwise the features before the last
     FC layer), ``logits``, ``soft`` (logits softened by ``temperature``, D8) or a layer name."""
-    temperature: float = 4.0
+    temperature: PositiveFloat = 4.0
     """τ of the soft targets (D8)."""
     cache: Literal["off", "memory", "disk"] = "memory"
     """D9: compute S's tap for the target images once per run (``memory``), also keep it on
@@ -97,11 +147,11 @@ class OptimizerConfig:
     """Optimiser of every update (METHOD.md §9: Adam 3e-4, as DRCN)."""
 
     name: Literal["adam", "adamw", "sgd"] = "adam"
-    lr: float = 3e-4
-    weight_decay: float = 0.0
-    momentum: float = 0.9
+    lr: PositiveFloat = 3e-4
+    weight_decay: NonNegativeFloat = 0.0
+    momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9
     """Only used by ``sgd``."""
-    max_grad_norm: float | None = None
+    max_grad_norm: PositiveFloat | None = None
     """Clip the gradient norm of each update to this value (``None``: no clipping)."""
 
 
@@ -109,17 +159,17 @@ class OptimizerConfig:
 class TrainConfig:
     """The engine's budget, evaluation and bookkeeping."""
 
-    rounds: int = 8
+    rounds: PositiveInt = 8
     """Rounds to run at most; a round runs each of the method's stages once (D7: ``max_rounds``)."""
-    tol: float | None = None
+    tol: PositiveFloat | None = None
     """D7 convergence: stop once every stage's mean loss changed by less than this (relative)
     for ``patience`` rounds. ``None`` runs all ``rounds``, which keeps budgets equal across
     methods (METHOD.md suggests 0.01 where budgets need not match)."""
-    patience: int = 2
-    stage_epochs: int = 1
+    patience: PositiveInt = 2
+    stage_epochs: PositiveInt = 1
     """Epochs each stage runs per round (D7)."""
-    batch_size: int = 128
-    max_steps_per_epoch: int | None = None
+    batch_size: PositiveInt = 128
+    max_steps_per_epoch: PositiveInt | None = None
     """Cap on steps per stage epoch (``smoke`` uses it to keep tests to seconds)."""
     selection: Literal["auto", "source_val", "last"] = "auto"
     """Model selection without target labels: best source-validation accuracy, or the last
@@ -128,7 +178,7 @@ class TrainConfig:
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: bool = True
     """bf16 autocast on CUDA; ignored on CPU."""
-    log_every: int = 50
+    log_every: PositiveInt = 50
     """Steps between training-loss records in ``metrics.jsonl`` and TensorBoard."""
     tensorboard: bool = True
     progress: bool = True
@@ -163,7 +213,7 @@ class ExperimentConfig:
     """Name of the shipped experiment this config derives from (``cetl list experiments``)."""
     setting: Setting
     profile: Profile
-    seed: int = 0
+    seed: NonNegativeInt = 0
     data: DataConfig = field(default_factory=DataConfig)
     network: NetworkConfig = field(default_factory=NetworkConfig)
     source: SourceConfig = field(default_factory=SourceConfig)
@@ -198,23 +248,24 @@ def merge(config: Any, overrides: Mapping[str, Any], *, where: str = "") -> Any:
     if not isinstance(overrides, Mapping):
         raise ConfigError(
             f"'{where or '<root>'}' must be a mapping of keys to values, got "
-            f"{type(overrides).__name__} {overrides!r}"
+            f"{type(overrides).__name__} {_show(overrides)}"
         )
     if dataclasses.is_dataclass(config) and isinstance(config, MethodConfig):
         name = overrides.get("name", config.name)
         if not isinstance(name, str):
-            raise ConfigError(f"'{_join(where, 'name')}' must be a string, got {name!r}")
+            raise ConfigError(f"'{_join(where, 'name')}' must be a string, got {_show(name)}")
         cls = method_config_class(name)
         if type(config) is not cls:
             config = cls(name=name)
-    hints = typing.get_type_hints(type(config))
+    hints = typing.get_type_hints(type(config), include_extras=True)
     valid = [f.name for f in dataclasses.fields(config)]
     changes: dict[str, Any] = {}
     for key, value in overrides.items():
-        path = _join(where, str(key))
+        shown = key if isinstance(key, str) else _show(key)
+        path = _join(where, shown)
         if key not in valid:
             raise ConfigError(
-                f"unknown key '{path}';{did_you_mean(str(key), valid)} "
+                f"unknown key '{path}';{did_you_mean(shown, valid)} "
                 f"valid keys{' in ' + where if where else ''}: {', '.join(valid)}"
             )
         current = getattr(config, key)
@@ -230,15 +281,26 @@ def _join(where: str, key: str) -> str:
 
 
 def _check_value(value: Any, annotation: Any, path: str) -> Any:
-    """``value`` if it fits ``annotation`` (an int is accepted for a float), else ConfigError."""
+    """``value`` if it fits ``annotation`` (an int is accepted for a float), else ConfigError.
+
+    Floats must be finite, and ``Annotated[..., Range(...)]`` bounds are enforced here, so
+    every field's allowed values are checked in one place before anything runs.
+    """
     origin = typing.get_origin(annotation)
+    if origin is Annotated:
+        inner, *extras = typing.get_args(annotation)
+        checked = _check_value(value, inner, path)
+        for extra in extras:
+            if isinstance(extra, Range) and checked is not None and checked not in extra:
+                raise ConfigError(f"invalid value {_show(value)} for '{path}': must be {extra}")
+        return checked
     if origin is Literal:
         choices = typing.get_args(annotation)
         if value in choices and type(value) is type(choices[0]):
             return value
-        hint = did_you_mean(str(value), [str(c) for c in choices])
+        hint = did_you_mean(_show(value).strip("'"), [str(c) for c in choices])
         raise ConfigError(
-            f"invalid value {value!r} for '{path}';{hint} expected one of: "
+            f"invalid value {_show(value)} for '{path}';{hint} expected one of: "
             + ", ".join(repr(c) for c in choices)
         )
     if origin in (typing.Union, types.UnionType):
@@ -249,23 +311,47 @@ def _check_value(value: Any, annotation: Any, path: str) -> Any:
             if arg is type(None):
                 continue
             try:
-                return _check_value(value, arg, path)
+                _check_value(value, _without_range(arg), path)
             except ConfigError:
                 continue
-        raise ConfigError(f"invalid value {value!r} for '{path}': expected {_type_name(annotation)}")
+            return _check_value(value, arg, path)  # the type fits: a range error is the message
+        raise ConfigError(f"invalid value {_show(value)} for '{path}': expected {_type_name(annotation)}")
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
-        return float(value)
+        try:
+            return float(value)
+        except OverflowError:
+            raise ConfigError(f"invalid value {_show(value)} for '{path}': too large for a float") from None
+    if annotation is float and isinstance(value, float) and not math.isfinite(value):
+        raise ConfigError(f"invalid value {_show(value)} for '{path}': expected a finite number")
     if annotation in (int, float, str, bool):
         if isinstance(value, annotation) and not (annotation is int and isinstance(value, bool)):
             return value
         raise ConfigError(
-            f"invalid value {value!r} for '{path}': expected {_type_name(annotation)}, "
+            f"invalid value {_show(value)} for '{path}': expected {_type_name(annotation)}, "
             f"got {type(value).__name__}"
         )
     raise TypeError(f"config field '{path}' has an unsupported annotation {annotation!r}")
 
 
+def _without_range(annotation: Any) -> Any:
+    return typing.get_args(annotation)[0] if typing.get_origin(annotation) is Annotated else annotation
+
+
+def _show(value: Any, limit: int = 80) -> str:
+    """``repr(value)`` cut to ``limit`` characters, for messages about arbitrary user input.
+
+    Python refuses to print integers of more than 4,300 digits, which YAML can still produce.
+    """
+    try:
+        text = repr(value)
+    except ValueError:
+        return f"<an integer of {value.bit_length()} bits>"
+    return text if len(text) <= limit else text[: limit - 3] + "..."
+
+
 def _type_name(annotation: Any) -> str:
+    if typing.get_origin(annotation) is Annotated:
+        return _type_name(_without_range(annotation))
     if typing.get_origin(annotation) in (typing.Union, types.UnionType):
         return " or ".join(_type_name(a) for a in typing.get_args(annotation))
     if annotation is type(None):
@@ -289,7 +375,8 @@ def parse_set_overrides(items: list[str]) -> dict[str, Any]:
             raise ConfigError(f"--set expects KEY=VALUE (e.g. train.rounds=4), got '{item}'")
         try:
             value = yaml.safe_load(raw) if raw.strip() else ""
-        except yaml.YAMLError as error:
+        except (yaml.YAMLError, ValueError, RecursionError) as error:
+            # ValueError: YAML syntax that its constructors reject (2001-02-30, !!float abc).
             raise ConfigError(f"--set {item}: the value is not valid YAML ({error})") from None
         parts = key.strip().split(".")
         node = nested
@@ -308,8 +395,12 @@ def read_yaml(path: str) -> dict[str, Any]:
             data = yaml.safe_load(handle)
     except FileNotFoundError:
         raise ConfigError(f"config file '{path}' does not exist") from None
-    except yaml.YAMLError as error:
+    except (yaml.YAMLError, ValueError, RecursionError) as error:
+        # ValueError also covers text that is not UTF-8 and values YAML's constructors reject
+        # (a date like 2001-02-30, an integer of more than 4,300 digits).
         raise ConfigError(f"config file '{path}' is not valid YAML: {error}") from None
+    except OSError as error:
+        raise ConfigError(f"config file '{path}' could not be read: {error}") from None
     if data is None:
         return {}
     if not isinstance(data, dict):

@@ -104,6 +104,28 @@ def seeded_subset(raw: RawSplit, count: int | None, *, seed: int, name: str) -> 
     return raw.select(order[:count])
 
 
+def per_class_subset(data: LabelledSet, per_class: int, *, seed: int, name: str) -> LabelledSet:
+    """``per_class`` images of every class, drawn by a seeded permutation (few-label settings).
+
+    Raises:
+        ConfigError: ``per_class`` is not positive, or a class has fewer images than asked.
+    """
+    if per_class <= 0:
+        raise ConfigError(f"labels per class must be positive, got {per_class} for {name}")
+    generator = seeded_generator(seed, "per_class", name)
+    chosen = []
+    for label in torch.unique(data.y).tolist():  # sorted, so the draw order is fixed
+        members = torch.nonzero(data.y == label).squeeze(1)
+        if len(members) < per_class:
+            raise ConfigError(
+                f"{name} has {len(members)} images of class {label}, fewer than the {per_class} "
+                f"labels per class asked for; lower data.target_labels_per_class"
+            )
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
+    index = torch.cat(chosen).sort().values
+    return LabelledSet(data.x[index], data.y[index])
+
+
 def split_validation(
     data: LabelledSet, fraction: float, *, seed: int, name: str
 ) -> tuple[LabelledSet, LabelledSet]:

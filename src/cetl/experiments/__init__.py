@@ -13,13 +13,14 @@ from typing import Any
 
 from cetl.config import PROFILES, ExperimentConfig, merge, parse_set_overrides, read_yaml
 from cetl.errors import ConfigError
-from cetl.experiments import digits
+from cetl.experiments import digits, natural
 from cetl.registry import Registry, did_you_mean
 
 ExperimentFn = Callable[[str], ExperimentConfig]
 EXPERIMENTS: Registry[ExperimentFn] = Registry("experiment", contract="fn(profile: str) -> ExperimentConfig")
-for _name, _fn in digits.EXPERIMENTS.items():
-    EXPERIMENTS.add(_name, _fn)
+for _module in (digits, natural):
+    for _name, _fn in _module.EXPERIMENTS.items():
+        EXPERIMENTS.add(_name, _fn)
 
 DEFAULT_PROFILE = "quick"
 

@@ -1,0 +1,275 @@
+"""Side-by-side comparison: methods × seeds of one experiment, paired per seed.
+
+``cetl compare EXPERIMENT --methods a,b --seeds 3`` trains every (method, seed) cell
+through the same path as ``cetl train`` (same data, network, budget and selection rule),
+then reports mean ± std per method and each method's *paired* difference from a reference
+method seed by seed. In domain adaptation the reference is ``source_only``, which for seed
+s is also S of every coupling method of seed s, so a difference isolates what the method
+added to that very S.
+
+Cells live at ``OUT/<experiment>/<profile>/<method>/seed<N>`` (with the default ``OUT`` =
+``runs``, the folders ``cetl train`` uses), so finished cells are reused and an interrupted
+comparison resumes where it stopped. ``compare.json`` and ``compare.md`` are rewritten after
+every cell, atomically.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+import sys
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cetl.config import merge
+from cetl.data.root import DataRoot
+from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
+from cetl.errors import ConfigError
+from cetl.experiments import resolve
+from cetl.experiments.paper import paper_accuracy
+from cetl.methods import METHODS
+from cetl.runs import LAST_CHECKPOINT, read_summary, train_run
+
+ORACLE_METHODS = frozenset({"target_only"})
+"""Methods that read target labels: in domain adaptation an upper bound, never a result."""
+
+
+@dataclass(frozen=True)
+class MethodRow:
+    """One method's results over the seeds of a comparison (accuracies in %)."""
+
+    method: str
+    seeds: tuple[int, ...]
+    accuracies: tuple[float, ...]
+    differences: tuple[float, ...]
+    """Per-seed accuracy minus the reference method's on the same seed (empty for the reference)."""
+    selected_by: str
+    classify_steps: int
+    wall_seconds: float
+    paper: float | None
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation (0 for one seed)."""
+        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+
+
+def cell_dir(out: Path, experiment: str, profile: str, method: str, seed: int) -> Path:
+    """The run folder of one (method, seed) cell."""
+    return out / experiment / profile / method / f"seed{seed}"
+
+
+def reference_method(methods: Sequence[str]) -> str:
+    """``source_only`` when compared (DA's paired baseline), else the first method listed."""
+    return "source_only" if "source_only" in methods else methods[0]
+
+
+def parse_methods(text: str) -> list[str]:
+    """``"a,b , c"`` → ``["a", "b", "c"]``, each checked against the registry up front."""
+    methods = [name.strip() for name in text.split(",") if name.strip()]
+    if not methods:
+        raise ConfigError("--methods is empty; give a comma-separated list, e.g. source_only,dann,cetl")
+    for name in methods:
+        METHODS.get(name)  # unknown names fail here, with a "did you mean", before any training
+    if len(set(methods)) != len(methods):
+        raise ConfigError(f"--methods lists a method twice: {text}")
+    return methods
+
+
+def run_cell(
+    experiment: str,
+    method: str,
+    seed: int,
+    *,
+    profile: str,
+    sets: Sequence[str],
+    out: Path,
+    data_root: DataRoot,
+) -> dict[str, Any]:
+    """Train one cell (or return its finished summary); S is the same seed's ``source_only`` cell."""
+    run_dir = cell_dir(out, experiment, profile, method, seed)
+    finished = read_summary(run_dir)
+    if finished is not None:
+        return finished
+    config = resolve(experiment, method=method, profile=profile, seed=seed, sets=list(sets))
+    if config.source.kind == "source_only" and not config.source.path:
+        shared_s = cell_dir(out, experiment, profile, "source_only", seed)
+        config = merge(config, {"source": {"path": str(shared_s)}})
+    return train_run(
+        config, run_dir=run_dir, data_root=data_root, resume=(run_dir / LAST_CHECKPOINT).exists()
+    )
+
+
+def summarise(
+    experiment: str, summaries: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int]
+) -> list[MethodRow]:
+    """Rows for the methods whose every seed finished, paired with the reference on each seed."""
+    methods = list(summaries)
+    reference = reference_method(methods)
+    reference_runs = summaries.get(reference, {})
+    rows = []
+    for method, runs in summaries.items():
+        done = [seed for seed in seeds if seed in runs]
+        if not done:
+            continue
+        accuracies = tuple(100 * runs[seed]["target_test_accuracy"] for seed in done)
+        differences = (
+            tuple(
+                100 * (runs[seed]["target_test_accuracy"] - reference_runs[seed]["target_test_accuracy"])
+                for seed in done
+                if seed in reference_runs
+            )
+            if method != reference
+            else ()
+        )
+        first = runs[done[0]]
+        rows.append(
+            MethodRow(
+                method=method,
+                seeds=tuple(done),
+                accuracies=accuracies,
+                differences=differences,
+                selected_by=first["selected_by"],
+                classify_steps=int(first.get("classify_steps", 0)),
+                wall_seconds=statistics.fmean(runs[seed]["wall_seconds"] for seed in done),
+                paper=paper_accuracy(method, experiment),
+            )
+        )
+    return rows
+
+
+def format_table(rows: Sequence[MethodRow], *, reference: str) -> str:
+    """The Markdown comparison table (exact text is tested)."""
+    lines = [
+        f"| method | target test acc. (%) | per seed | paired Δ vs {reference} | paper (%) "
+        "| selected by | classify steps | wall s |",
+        "|---|---:|---|---|---:|---|---:|---:|",
+    ]
+    for row in rows:
+        name = f"{row.method}*" if row.method in ORACLE_METHODS else row.method
+        per_seed = ", ".join(f"{a:.2f}" for a in row.accuracies)
+        if row.differences:
+            mean_difference = statistics.fmean(row.differences)
+            delta = f"{mean_difference:+.2f} ({', '.join(f'{d:+.2f}' for d in row.differences)})"
+        else:
+            delta = "reference" if row.method == reference else "–"
+        paper = "–" if row.paper is None else f"{row.paper:.2f}"
+        lines.append(
+            f"| {name} | {row.mean:.2f} ± {row.std:.2f} | {per_seed} | {delta} | {paper} "
+            f"| {row.selected_by} | {row.classify_steps} | {row.wall_seconds:.0f} |"
+        )
+    if any(row.method in ORACLE_METHODS for row in rows):
+        lines += ["", "\\* reads target labels: an oracle upper bound, not a domain-adaptation result."]
+    return "\n".join(lines) + "\n"
+
+
+def _format_eta(seconds: float) -> str:
+    if not math.isfinite(seconds):
+        return "?"
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def compare(
+    experiment: str,
+    methods: Sequence[str],
+    seeds: Sequence[int],
+    *,
+    profile: str,
+    out: Path,
+    data_root: DataRoot,
+    sets: Sequence[str] = (),
+    log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
+) -> Path:
+    """Run every cell not finished yet and write ``compare.json`` / ``compare.md``; returns the folder.
+
+    The reference method's cells run first (S of each seed, in domain adaptation), then the
+    others method by method. Progress and an ETA (from the cells trained in this call) go to
+    ``log``.
+    """
+    methods = list(methods)
+    reference = reference_method(methods)
+    order = [reference] + [m for m in methods if m != reference]
+    folder = out / experiment / profile
+    summaries: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in order}
+    cells = [(m, s) for m in order for s in seeds]
+    trained_seconds: list[float] = []
+    for number, (method, seed) in enumerate(cells, start=1):
+        started = time.perf_counter()
+        was_finished = read_summary(cell_dir(out, experiment, profile, method, seed)) is not None
+        summary = run_cell(experiment, method, seed, profile=profile, sets=sets, out=out, data_root=data_root)
+        summaries[method][seed] = summary
+        if not was_finished:
+            trained_seconds.append(time.perf_counter() - started)
+        remaining = sum(
+            1 for m, s in cells[number:] if read_summary(cell_dir(out, experiment, profile, m, s)) is None
+        )
+        eta = statistics.fmean(trained_seconds) * remaining if trained_seconds else math.nan
+        took = "reused" if was_finished else f"{summary['wall_seconds']:.0f} s"
+        eta_text = f"; ETA {_format_eta(eta)}" if remaining else ""
+        log(
+            f"[{number}/{len(cells)}] {experiment} {method} seed {seed}: "
+            f"{100 * summary['target_test_accuracy']:.2f}% ({took}){eta_text}"
+        )
+        _write(folder, experiment, profile, seeds, sets, summaries, reference)
+    return folder
+
+
+def _write(
+    folder: Path,
+    experiment: str,
+    profile: str,
+    seeds: Sequence[int],
+    sets: Sequence[str],
+    summaries: dict[str, dict[int, dict[str, Any]]],
+    reference: str,
+) -> None:
+    rows = summarise(experiment, summaries, seeds)
+    first = next(iter(next(iter(summaries.values())).values()))
+    command = (
+        f"cetl compare {experiment} --methods {','.join(summaries)} --seeds {len(seeds)} "
+        f"--profile {profile}" + "".join(f" --set {s}" for s in sets)
+    )
+    header = (
+        f"# {experiment}: `{profile}` profile, seeds {', '.join(map(str, seeds))}\n\n"
+        f"Command: `{command}`  \n"
+        f"Network `{first['network']}`, protocol `{first['protocol']}`, data {first['data_root']} "
+        f"({', '.join(f'{k} {v}' for k, v in first.get('data_variants', {}).items())}), "
+        f"device {first['device']}. Model selection never reads target labels; the paper column is "
+        f"the CETL paper's number for the same cell (its protocol and network, METHOD.md §8).\n\n"
+    )
+    atomic_write_text(folder / "compare.md", header + format_table(rows, reference=reference))
+    atomic_write_json(
+        folder / "compare.json",
+        {
+            "experiment": experiment,
+            "profile": profile,
+            "seeds": list(seeds),
+            "sets": list(sets),
+            "reference": reference,
+            "command": command,
+            "rows": [
+                {
+                    "method": row.method,
+                    "seeds": list(row.seeds),
+                    "target_test_accuracy": list(row.accuracies),
+                    "mean": row.mean,
+                    "std": row.std,
+                    "paired_difference": list(row.differences),
+                    "paper": row.paper,
+                    "selected_by": row.selected_by,
+                    "classify_steps": row.classify_steps,
+                    "wall_seconds": row.wall_seconds,
+                }
+                for row in rows
+            ],
+        },
+    )

@@ -69,7 +69,7 @@ def test_unknown_method_and_profile_and_experiment_fail_with_suggestions():
         resolve("digits_mn_to_us", method="source_onyl")
     with pytest.raises(ConfigError, match=r"unknown profile 'quik'; did you mean 'quick'\?"):
         resolve("digits_mn_to_us", profile="quik")
-    with pytest.raises(ConfigError, match=r"known experiments: digits_mn_to_us, digits_us_to_mn"):
+    with pytest.raises(ConfigError, match=r"known experiments: digits_mn_to_sv, digits_mn_to_us,"):
         resolve("mnist_to_usps")
 
 

@@ -117,24 +117,39 @@ class NetworkConfig:
 class SourceConfig:
     """The frozen source network S (METHOD.md §1, §5); only methods that couple to S read it."""
 
-    kind: Literal["source_only", "run", "torchvision"] = "source_only"
+    kind: Literal["source_only", "run", "experiment", "torchvision", "timm", "onnx"] = "source_only"
     """``source_only``: the ``source_only`` run of this experiment and seed, trained first when
     missing and reused after (domain adaptation, METHOD.md §9). ``run``: the run folder ``path``.
-    ``torchvision``: the model ``model``."""
+    ``experiment``: the run of the shipped experiment ``experiment`` (its own method and data)
+    for this profile and seed, trained first when missing (e.g. a CI-CNN on CIFAR-100, Table 3).
+    ``torchvision``/``timm``: the model ``model``. ``onnx``: the ONNX file ``path``, run in
+    ONNX Runtime (the ``onnx`` extra)."""
     path: str | None = None
-    """``run``: the run folder. ``source_only``: where that run lives (default
+    """``run``: the run folder. ``onnx``: the ``.onnx`` file. ``source_only``/``experiment``:
+    where that run lives (default
     ``runs/<experiment>/<profile>/source_only/seed<N>``, or ``source_only-<network>`` when
     ``network`` differs from T2's)."""
     network: str | None = None
     """``source_only``: the network S is trained as (``None``: T2's own, as in domain adaptation;
     ``resnet26`` for the distillation teacher, METHOD.md §5, §7)."""
+    experiment: str | None = None
+    """``experiment``: the shipped experiment whose run is S (``cetl list experiments``)."""
     model: str | None = None
-    """``torchvision``: ``NAME[:WEIGHTS]``, e.g. ``resnet50:IMAGENET1K_V1``."""
+    """``torchvision``: ``NAME[:WEIGHTS]``, e.g. ``resnet50:IMAGENET1K_V1``; ``timm``: a timm model
+    name, e.g. ``resnet18.a1_in1k`` (pretrained). ``:none`` gives random weights with the
+    pretrained model's input size and normalisation (smoke tests, benchmarks); a torchvision
+    name without ``:WEIGHTS`` is random with no resizing or normalisation."""
     tap: str = "coupling"
     """``coupling`` (a project network's coupling tap; otherwise the features before the last
     FC layer), ``logits``, ``soft`` (logits softened by ``temperature``, D8) or a layer name."""
     temperature: PositiveFloat = 4.0
     """τ of the soft targets (D8)."""
+    input_size: PositiveInt | None = None
+    """Side in pixels images are resized to for S only (METHOD.md §5); ``None``: the pretrained
+    weights' own (224 for ImageNet models), an ONNX file's fixed input size, else unchanged."""
+    normalize: Literal["auto", "none", "imagenet", "symmetric"] = "auto"
+    """Normalisation of S's input after resizing: ``auto`` (the weights' own; none for ONNX
+    files and runs), ``none`` ([0,1]), ``imagenet`` (ImageNet mean/std), ``symmetric`` ([-1,1])."""
     cache: Literal["off", "memory", "disk"] = "memory"
     """D9: compute S's tap for the target images once per run (``memory``), also keep it on
     disk for later runs (``disk``, under ``cache_dir``), or run S every step (``off``)."""
@@ -151,6 +166,8 @@ class OptimizerConfig:
     weight_decay: NonNegativeFloat = 0.0
     momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9
     """Only used by ``sgd``."""
+    beta1: Annotated[float, Range(ge=0, lt=1)] = 0.9
+    """Adam's β1 (``adam``, ``adamw``); β2 stays 0.999."""
     max_grad_norm: PositiveFloat | None = None
     """Clip the gradient norm of each update to this value (``None``: no clipping)."""
 
@@ -171,9 +188,15 @@ class TrainConfig:
     batch_size: PositiveInt = 128
     max_steps_per_epoch: PositiveInt | None = None
     """Cap on steps per stage epoch (``smoke`` uses it to keep tests to seconds)."""
-    selection: Literal["auto", "source_val", "last"] = "auto"
-    """Model selection without target labels: best source-validation accuracy, or the last
-    round. ``auto`` is ``source_val`` when the labelled data is source data, else ``last``."""
+    selection: Literal[
+        "auto", "source_val", "last", "unsupervised:entropy", "unsupervised:reconstruction"
+    ] = "auto"
+    """Model selection without target labels (``cetl.engine.validators``): best labelled-validation
+    accuracy, the last round, or an unsupervised score on target images (lowest prediction
+    entropy or reconstruction error). ``auto`` is ``source_val`` when the labelled data is source
+    data, else ``last``."""
+    monitor: bool = True
+    """Log the method's monitor values (the error-bound terms of METHOD.md §6) at each evaluation."""
     device: str = "auto"
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: bool = True
@@ -190,7 +213,8 @@ class EngineConfig:
     """How the one loop executes steps: speed switches and failure policy (not what it trains)."""
 
     compile: bool = False
-    """Compile the trainable networks with ``torch.compile`` (GPU runs; slow to start on CPU)."""
+    """Compile each update's loss function (the forward through the trainable networks and the
+    loss terms, with its backward) with ``torch.compile`` (GPU runs; slow to start on CPU)."""
     channels_last: bool = True
     """Use the channels-last memory format for 4-D activations on CUDA (ignored on CPU)."""
     on_nan: Literal["stop", "skip_batch"] = "stop"
@@ -325,6 +349,8 @@ def _check_value(value: Any, annotation: Any, path: str) -> Any:
         raise ConfigError(f"invalid value {_show(value)} for '{path}': expected a finite number")
     if annotation in (int, float, str, bool):
         if isinstance(value, annotation) and not (annotation is int and isinstance(value, bool)):
+            if annotation is int and not -(2**63) <= value < 2**63:  # what torch and seeds can hold
+                raise ConfigError(f"invalid value {_show(value)} for '{path}': expected a 64-bit integer")
             return value
         raise ConfigError(
             f"invalid value {_show(value)} for '{path}': expected {_type_name(annotation)}, "
@@ -345,7 +371,9 @@ def _show(value: Any, limit: int = 80) -> str:
     try:
         text = repr(value)
     except ValueError:
-        return f"<an integer of {value.bit_length()} bits>"
+        if isinstance(value, int):
+            return f"<an integer of {value.bit_length()} bits>"
+        return f"<a {type(value).__name__} holding an integer too long to print>"
     return text if len(text) <= limit else text[: limit - 3] + "..."
 
 

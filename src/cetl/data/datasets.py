@@ -460,9 +460,30 @@ def _load_cached(name: str, split: str, root: DataRoot) -> RawSplit:
             ) from None
         if spec.locate(root.path) is None:
             raise DataError(missing_message(spec, root)) from None
+        files = "\n".join(
+            f"  - {root.path / f} ({(root.path / f).stat().st_size:,} bytes)"
+            for f in spec.files
+            if (root.path / f).is_file()
+        )
         raise DataError(
             f"{spec.title} files are present in {root.describe()} but torchvision could not "
-            f"read them ({error}); they may be truncated or corrupt. Re-fetch them: "
-            f"{spec.how_to_get}."
+            f"read them ({split} split: {error}); one of these files may be truncated or corrupt:\n"
+            f"{files}\nRe-fetch them: {spec.how_to_get}."
         ) from None
-    return RawSplit(_to_nchw(images, spec.layout), torch.as_tensor(np.asarray(labels)).long())
+    raw = RawSplit(_to_nchw(images, spec.layout), torch.as_tensor(np.asarray(labels)).long())
+    _check_labels(spec, split, raw.labels, root)
+    return raw
+
+
+def _check_labels(spec: DatasetSpec, split: str, labels: Tensor, root: DataRoot) -> None:
+    """A label outside ``0..num_classes-1`` means a damaged file; caught here, it is named, where
+    the loss would fail with an index error (on a GPU, a device-side assert) rounds later."""
+    bad = torch.nonzero((labels < 0) | (labels >= spec.num_classes)).squeeze(1)
+    if len(bad):
+        first = int(bad[0])
+        files = ", ".join(str(root.path / f) for f in spec.files)
+        raise DataError(
+            f"{spec.title} {split} split in {root.describe()} has {len(bad)} label(s) outside "
+            f"0..{spec.num_classes - 1}, the first {int(labels[first])} at image {first}; its files "
+            f"({files}) are damaged or not {spec.title}'s. Re-fetch them: {spec.how_to_get}."
+        )

@@ -10,6 +10,7 @@ an untrusted source cannot execute code.
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
@@ -22,11 +23,22 @@ import torch
 from cetl.errors import RunError
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+FILE_MODE = 0o666 & ~_umask()
+"""What ``open(path, "w")`` would give; ``mkstemp`` makes owner-only files (0600)."""
+
+
 def atomic_write_bytes(path: Path, data: bytes) -> None:
     """Replace ``path`` with ``data`` so that readers see the old or the new file, never half."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
     try:
+        os.chmod(temporary, FILE_MODE)
         with os.fdopen(handle, "wb") as file:
             file.write(data)
             file.flush()
@@ -35,6 +47,19 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the rename itself durable: after a power cut the folder names the new file."""
+    if not hasattr(os, "O_DIRECTORY"):  # Windows: folders cannot be opened or synced
+        return
+    with contextlib.suppress(OSError):  # some filesystems refuse; the file itself is synced
+        handle = os.open(folder, os.O_RDONLY | os.O_DIRECTORY)
+        try:
+            os.fsync(handle)
+        finally:
+            os.close(handle)
 
 
 def atomic_write_text(path: Path, text: str) -> None:
@@ -64,6 +89,14 @@ def load_checkpoint(path: Path, *, map_location: str | torch.device = "cpu") -> 
     try:
         payload = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as error:  # torch raises several types for corrupt or unsafe files
+        if "Weights only load failed" in str(error):
+            # torch's own text goes on to suggest weights_only=False: advice that would run the
+            # code in a hostile file, so it is not passed on.
+            raise RunError(
+                f"checkpoint '{path}' could not be read safely: it holds Python objects other than "
+                f"tensors and plain data, which could run code when loaded, so cetl refuses it. "
+                f"Use a checkpoint written by cetl; do not load this file from an untrusted source."
+            ) from None
         raise RunError(
             f"checkpoint '{path}' could not be read safely ({type(error).__name__}: "
             f"{str(error).splitlines()[0] if str(error) else ''}). It may be truncated, from "

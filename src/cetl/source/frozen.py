@@ -115,7 +115,8 @@ class FrozenSource(nn.Module):
         digest = hashlib.sha256(self.description.encode())
         for name, tensor in sorted(self.model.state_dict().items()):
             digest.update(f"{name}:{tensor.dtype}:{tuple(tensor.shape)}".encode())
-            digest.update(tensor.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+            # reshape(-1): a 0-dim int64 buffer (BatchNorm's num_batches_tracked) cannot be viewed as bytes
+            digest.update(tensor.detach().cpu().contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
         digest.update(repr((self.temperature, self.input_transform)).encode())
         return digest.hexdigest()
 
@@ -123,7 +124,15 @@ class FrozenSource(nn.Module):
         """Per-sample tap shape for images of ``image_shape`` ``(C, H, W)`` (one dry run)."""
         parameter = next(self.model.parameters(), None)
         device = parameter.device if parameter is not None else torch.device("cpu")
-        return tuple(self(torch.zeros(1, *image_shape, device=device)).shape[1:])
+        try:
+            return tuple(self(torch.zeros(1, *image_shape, device=device)).shape[1:])
+        except RuntimeError as error:  # the first place a mismatched S meets this run's images
+            raise ConfigError(
+                f"the source S ({self.description}) cannot take this run's images of shape "
+                f"(C, H, W) = {tuple(image_shape)}: {str(error).splitlines()[0]}. S was made for other "
+                f"images (a source run trained under another data.protocol?); use an S trained on "
+                f"this protocol, or resize its input with source.input_size"
+            ) from None
 
     def extra_repr(self) -> str:
         return f"{self.description!r}"

@@ -9,6 +9,7 @@ ends with exactly the records an uninterrupted one would have.
 from __future__ import annotations
 
 import json
+import math
 import sys
 from collections.abc import Iterable, Iterator
 from pathlib import Path
@@ -34,8 +35,8 @@ class MetricsLog:
         if resume_after_round is not None and path.exists():
             kept = [
                 line
-                for line in path.read_text(encoding="utf-8").splitlines()
-                if line.strip() and json.loads(line).get("round", -1) <= resume_after_round
+                for line in path.read_text(encoding="utf-8", errors="replace").splitlines()
+                if _round_of(line) <= resume_after_round
             ]
             atomic_write_text(path, "".join(line + "\n" for line in kept))
         elif resume_after_round is None:
@@ -61,6 +62,25 @@ class MetricsLog:
         self._file.close()
         if self._writer is not None:
             self._writer.close()
+
+
+class NullLog:
+    """The log of ranks other than 0 in a multi-process run: rank 0 writes the one record."""
+
+    def write(self, record: dict[str, Any], *, step: int) -> None:
+        """Discard ``record`` (every rank holds the same values; rank 0 logs them)."""
+
+    def close(self) -> None:
+        """Nothing to close."""
+
+
+def _round_of(line: str) -> float:
+    """The round of a record line; a line torn by a killed process (or blank) is dropped (inf)."""
+    try:
+        record = json.loads(line)
+    except ValueError:
+        return math.inf
+    return record.get("round", -1) if isinstance(record, dict) else math.inf
 
 
 def _tensorboard_writer(directory: Path):

@@ -21,6 +21,7 @@ from __future__ import annotations
 from cetl.fisher.estimate import (
     FisherEstimate,
     FisherStats,
+    Stacked,
     estimate_fisher,
     normalise_fisher,
     sampled_categorical_loss,
@@ -34,6 +35,7 @@ __all__ = [
     "DWAPenalty",
     "FisherEstimate",
     "FisherStats",
+    "Stacked",
     "estimate_fisher",
     "generalized_fisher",
     "kept_fractions",

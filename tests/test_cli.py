@@ -176,4 +176,7 @@ def test_python_dash_m_entry_point_runs():
         timeout=120,
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.split() == ["digits_mn_to_us", "digits_us_to_mn"]
+    from cetl.experiments import EXPERIMENTS
+
+    assert result.stdout.split() == EXPERIMENTS.names()
+    assert {"digits_mn_to_us", "digits_us_to_mn"} <= set(result.stdout.split())

@@ -94,6 +94,9 @@ def test_compare_runs_cells_shares_s_and_resumes(tmp_path, capsys, data_root):
     capsys.readouterr()
     assert main(argv) == 0  # everything finished: reused, nothing retrained
     assert capsys.readouterr().err.count("(reused)") == 4
+    # A finished cell is never silently reused for a different config.
+    assert main([*argv, "--set", "train.rounds=3"]) == 1
+    assert "was trained with another config (changed: train.rounds (2 → 3))" in capsys.readouterr().err
 
 
 def test_compare_rejects_an_unknown_method_with_exit_2(capsys):

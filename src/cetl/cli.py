@@ -4,7 +4,7 @@ Commands (dataset and experiment names are lower-case):
 
     cetl demo [--out DIR]                          quick MNIST→USPS comparison with a report
     cetl train EXPERIMENT|CONFIG.yaml [--method M] [--profile smoke|quick|paper] [--seed N]
-               [--set KEY=VALUE ...] [--data-root DIR] [--out DIR] [--resume]
+               [--set KEY=VALUE ...] [--data-root DIR] [--out DIR] [--resume | --overwrite]
     cetl compare EXPERIMENT --methods M1,M2,... [--seeds N] [--profile P] [--set KEY=VALUE ...]
                  [--data-root DIR] [--out DIR]     methods × seeds side by side, paired per seed
     cetl eval RUN_DIR [--data-root DIR]
@@ -15,19 +15,22 @@ Commands (dataset and experiment names are lower-case):
     cetl data check [--root DIR] [NAME ...]
 
 Errors caused by input (a bad key, a missing dataset, a corrupt checkpoint) print one
-message and exit non-zero (2 for config errors, 1 otherwise, 130 when interrupted).
+message and exit non-zero (2 for config errors, 1 otherwise, 130 after Ctrl-C, 143 after
+SIGTERM, which is handled like Ctrl-C: ``cetl.engine.signals``).
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
+import os
 import sys
 from collections.abc import Sequence
 from pathlib import Path
 
 from cetl import __version__
-from cetl.errors import CetlError
+from cetl.errors import CetlError, RunError
 
 LISTABLE = ("experiments", "methods", "networks", "datasets", "sources", "tables")
 
@@ -68,6 +71,11 @@ def build_parser() -> argparse.ArgumentParser:
     train.add_argument(
         "--resume", action="store_true", help="continue the run in --out from its last finished round"
     )
+    train.add_argument(
+        "--overwrite",
+        action="store_true",
+        help="replace the run already in --out (its checkpoints, records and summary) with a new one",
+    )
 
     compare = commands.add_parser(
         "compare", help="train methods × seeds of one experiment and tabulate them, paired per seed"
@@ -84,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override for every cell"
     )
     compare.add_argument("--data-root", help="dataset folder (default: as for train)")
+    compare.add_argument(
+        "--only-finished", action="store_true", help="train nothing; tabulate the cells already finished"
+    )
     compare.add_argument(
         "--out",
         type=Path,
@@ -132,30 +143,61 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     """Run the command line; returns the exit code (errors from input never show a traceback)."""
     args = build_parser().parse_args(argv)
+    from cetl.engine.signals import terminate_as_interrupt
+
     try:
-        return COMMANDS[args.command](args)
+        with terminate_as_interrupt(), _processes():
+            return COMMANDS[args.command](args)
     except CetlError as error:
         print(f"cetl: error: {error}", file=sys.stderr)
         return error.exit_code
-    except KeyboardInterrupt:
-        print(
-            "\ncetl: interrupted. Finished rounds are checkpointed; continue with "
-            "'cetl train RUN_DIR/config.yaml --out RUN_DIR --resume'.",
-            file=sys.stderr,
+    except OSError as error:  # the machine, not the input: a full disk, a folder that vanished
+        print(f"cetl: error: {error}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (cetl.engine.signals.Terminated)
+        what = f"terminated ({error})" if str(error) else "interrupted"
+        fallback = (
+            "Finished cells are kept and the interrupted one resumes from its last finished round: "
+            "run the same 'cetl compare' command again."
+            if args.command == "compare"
+            else "Finished rounds are checkpointed; continue with "
+            "'cetl train RUN_DIR/config.yaml --out RUN_DIR --resume'."
         )
-        return 130
+        hint = getattr(error, "resume_hint", fallback) if args.command != "compare" else fallback
+        print(f"\ncetl: {what}. {hint}", file=sys.stderr)
+        return getattr(error, "exit_code", 130)
+
+
+def _processes() -> contextlib.AbstractContextManager[object]:
+    """torchrun's process group for the command's duration (docs/distributed.md); else nothing."""
+    if "WORLD_SIZE" not in os.environ:  # not launched by torchrun: skip importing torch.distributed
+        return contextlib.nullcontext()
+    from cetl.engine.distributed import process_group
+
+    return process_group()
 
 
 def _train(args: argparse.Namespace) -> int:
     from cetl.data.root import resolve_data_root
+    from cetl.engine.distributed import current
     from cetl.experiments import resolve
-    from cetl.runs import default_run_dir, train_run
+    from cetl.runs import default_run_dir, resume_hint, train_run
 
     config = resolve(args.target, method=args.method, profile=args.profile, seed=args.seed, sets=args.sets)
     run_dir = Path(args.out) if args.out else default_run_dir(config)
-    summary = train_run(
-        config, run_dir=run_dir, data_root=resolve_data_root(args.data_root), resume=args.resume
-    )
+    try:
+        summary = train_run(
+            config,
+            run_dir=run_dir,
+            data_root=resolve_data_root(args.data_root),
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+    except KeyboardInterrupt as error:
+        error.resume_hint = resume_hint(run_dir)  # type: ignore[attr-defined]  # read by main()
+        raise
+    if not current().is_main:
+        return 0
     print(
         f"{summary['experiment']} {summary['method']} ({summary['profile']}, seed {summary['seed']}): "
         f"target test accuracy {100 * summary['target_test_accuracy']:.2f}% "
@@ -189,7 +231,10 @@ def _compare(args: argparse.Namespace) -> int:
         out=args.out,
         data_root=resolve_data_root(args.data_root),
         sets=args.sets,
+        only_finished=args.only_finished,
     )
+    if not (folder / "compare.md").exists():
+        raise RunError(f"no cell of {args.experiment} has finished under '{args.out}' yet")
     print((folder / "compare.md").read_text(encoding="utf-8"), end="")
     print(f"tables: {folder / 'compare.md'}, {folder / 'compare.json'}")
     return 0

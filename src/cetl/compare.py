@@ -24,14 +24,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cetl.config import merge
+from cetl.build import uses_source
+from cetl.config import merge, to_dict
 from cetl.data.root import DataRoot
 from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
-from cetl.errors import ConfigError
+from cetl.errors import ConfigError, RunError
 from cetl.experiments import resolve
 from cetl.experiments.paper import paper_accuracy
 from cetl.methods import METHODS
-from cetl.runs import LAST_CHECKPOINT, read_summary, train_run
+from cetl.runs import LAST_CHECKPOINT, config_differences, read_config, read_summary, train_run
 
 ORACLE_METHODS = frozenset({"target_only"})
 """Methods that read target labels: in domain adaptation an upper bound, never a result."""
@@ -95,13 +96,24 @@ def run_cell(
 ) -> dict[str, Any]:
     """Train one cell (or return its finished summary); S is the same seed's ``source_only`` cell."""
     run_dir = cell_dir(out, experiment, profile, method, seed)
+    config = resolve(experiment, method=method, profile=profile, seed=seed, sets=list(sets))
+    if uses_source(config) and config.source.kind == "source_only" and not config.source.path:
+        # S of this seed inside the comparison's own folder: the source_only cell, or a teacher's
+        # folder beside it when S is another network than T2 (distillation).
+        teacher = config.source.network
+        folder = "source_only" if teacher in (None, config.network.name) else f"source_only-{teacher}"
+        shared_s = cell_dir(out, experiment, profile, folder, seed)
+        config = merge(config, {"source": {"path": str(shared_s)}})
     finished = read_summary(run_dir)
     if finished is not None:
+        # Compared through the schema: fields added since the cell ran take their defaults.
+        differences = config_differences(to_dict(read_config(run_dir)), to_dict(config))
+        if differences:
+            raise RunError(
+                f"the finished cell '{run_dir}' was trained with another config (changed: "
+                f"{', '.join(differences)}); compare into another --out, or move the cell away"
+            )
         return finished
-    config = resolve(experiment, method=method, profile=profile, seed=seed, sets=list(sets))
-    if config.source.kind == "source_only" and not config.source.path:
-        shared_s = cell_dir(out, experiment, profile, "source_only", seed)
-        config = merge(config, {"source": {"path": str(shared_s)}})
     return train_run(
         config, run_dir=run_dir, data_root=data_root, resume=(run_dir / LAST_CHECKPOINT).exists()
     )
@@ -187,13 +199,15 @@ def compare(
     out: Path,
     data_root: DataRoot,
     sets: Sequence[str] = (),
+    only_finished: bool = False,
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> Path:
     """Run every cell not finished yet and write ``compare.json`` / ``compare.md``; returns the folder.
 
     The reference method's cells run first (S of each seed, in domain adaptation), then the
     others method by method. Progress and an ETA (from the cells trained in this call) go to
-    ``log``.
+    ``log``. ``only_finished`` trains nothing and tabulates the cells that have finished (a
+    look at a comparison still running elsewhere).
     """
     methods = list(methods)
     reference = reference_method(methods)
@@ -205,6 +219,9 @@ def compare(
     for number, (method, seed) in enumerate(cells, start=1):
         started = time.perf_counter()
         was_finished = read_summary(cell_dir(out, experiment, profile, method, seed)) is not None
+        if only_finished and not was_finished:
+            log(f"[{number}/{len(cells)}] {experiment} {method} seed {seed}: not finished (left out)")
+            continue
         summary = run_cell(experiment, method, seed, profile=profile, sets=sets, out=out, data_root=data_root)
         summaries[method][seed] = summary
         if not was_finished:
@@ -233,7 +250,7 @@ def _write(
     reference: str,
 ) -> None:
     rows = summarise(experiment, summaries, seeds)
-    first = next(iter(next(iter(summaries.values())).values()))
+    first = next(summary for runs in summaries.values() for summary in runs.values())
     command = (
         f"cetl compare {experiment} --methods {','.join(summaries)} --seeds {len(seeds)} "
         f"--profile {profile}" + "".join(f" --set {s}" for s in sets)

@@ -17,7 +17,9 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import shutil
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +40,10 @@ from cetl.config import ExperimentConfig, dump_yaml, merge, to_dict
 from cetl.data.digits import PROTOCOLS
 from cetl.data.natural import protocol_num_classes
 from cetl.data.root import DataRoot, resolve_data_root, sample_root
+from cetl.engine import distributed
 from cetl.engine.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint
 from cetl.engine.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, accuracy, resolve_device, train
-from cetl.errors import RunError
+from cetl.errors import ConfigError, RunError
 from cetl.experiments import EXPERIMENTS
 from cetl.networks import TapNetwork
 
@@ -53,21 +56,32 @@ def default_run_dir(config: ExperimentConfig) -> Path:
     return Path("runs") / config.experiment / config.profile / config.method.name / f"seed{config.seed}"
 
 
-def _check_run_dir(run_dir: Path, config: ExperimentConfig, *, resume: bool) -> None:
-    """Refuse to overwrite a run, or to resume one with a different config."""
+RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", LAST_CHECKPOINT, BEST_CHECKPOINT, "eval.json")
+"""Files a run and its follow-ups write into its folder (``--overwrite`` removes them, with
+``tensorboard/`` and exported models)."""
+
+
+def _check_run_dir(run_dir: Path, config: ExperimentConfig, *, resume: bool, overwrite: bool = False) -> None:
+    """Refuse to overwrite a run unless told to, or to resume one with a different config."""
+    if resume and overwrite:
+        raise ConfigError("--resume continues the run in the folder and --overwrite replaces it; pass one")
     has_checkpoint = (run_dir / LAST_CHECKPOINT).exists()
     if not resume:
-        if has_checkpoint or (run_dir / SUMMARY_FILE).exists():
+        if (has_checkpoint or (run_dir / SUMMARY_FILE).exists()) and not overwrite:
             raise RunError(
                 f"'{run_dir}' already holds a run. Pass --resume to continue (or re-report) it, "
-                f"or choose another folder with --out."
+                f"--overwrite to replace it, or choose another folder with --out."
             )
         return
     if not has_checkpoint:
-        raise RunError(f"nothing to resume in '{run_dir}': it has no {LAST_CHECKPOINT}")
+        started = " (it stopped before its first round finished; train it again without --resume)"
+        raise RunError(
+            f"nothing to resume in '{run_dir}': it has no {LAST_CHECKPOINT}"
+            + (started if (run_dir / CONFIG_FILE).exists() else "")
+        )
     saved_path = run_dir / CONFIG_FILE
     if saved_path.exists():
-        differences = _differences(to_dict(read_config(run_dir)), to_dict(config))
+        differences = config_differences(to_dict(read_config(run_dir)), to_dict(config))
         if differences:
             raise RunError(
                 f"cannot resume '{run_dir}' with a different config; changed: "
@@ -76,10 +90,60 @@ def _check_run_dir(run_dir: Path, config: ExperimentConfig, *, resume: bool) -> 
             )
 
 
-def _differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+def _prepare_run_dir(run_dir: Path, *, overwrite: bool) -> None:
+    """Fail now, not after hours of training, when ``run_dir`` cannot be written; clear it for
+    ``--overwrite``; drop temporary files a killed process left mid-write (``atomic_write_bytes``)."""
+    missing = [path for path in (run_dir, *run_dir.parents) if not path.exists()]  # deepest first
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        with tempfile.TemporaryFile(dir=run_dir):
+            pass
+    except OSError as error:
+        raise RunError(
+            f"cannot write run files to '{run_dir}' ({error.strerror or error}); choose a writable "
+            f"folder with --out"
+        ) from None
+    finally:
+        for path in missing:  # the run creates its folder once its data and networks are built
+            with contextlib.suppress(OSError):
+                path.rmdir()
+    for name in RUN_FILES:
+        for temporary in run_dir.glob(f".{name}.*"):
+            temporary.unlink(missing_ok=True)
+        if overwrite:
+            (run_dir / name).unlink(missing_ok=True)
+    if overwrite:
+        for exported in ("model.onnx", "model.pt2"):
+            (run_dir / exported).unlink(missing_ok=True)
+        shutil.rmtree(run_dir / "tensorboard", ignore_errors=True)
+
+
+def resume_hint(run_dir: Path) -> str:
+    """What to run after a run into ``run_dir`` was interrupted (Ctrl-C, SIGTERM)."""
+    if (run_dir / LAST_CHECKPOINT).exists():
+        return (
+            f"Finished rounds are saved in {run_dir / LAST_CHECKPOINT}; continue with "
+            f"'cetl train {run_dir / CONFIG_FILE} --out {run_dir} --resume'."
+        )
+    return (
+        f"No round of '{run_dir}' had finished, so it has nothing to resume; run the same command "
+        f"again (a source run S that was being trained resumes by itself)."
+    )
+
+
+PAIRING_KEYS = frozenset({"experiment", "profile", "seed", "data", "network"})
+"""What an S given by ``source.path`` must share with the run it serves (a paired comparison)."""
+DISPLAY_KEYS = frozenset({"train.progress", "train.tensorboard", "train.log_every"})
+"""Config keys that change what a run shows, not what it trains: never a reason to refuse reuse."""
+
+
+def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
+    """``key (old → new)`` for every leaf of two config dicts that differs (display keys aside)."""
     if isinstance(old, dict) and isinstance(new, dict):
         keys = list(dict.fromkeys([*old, *new]))
-        return [d for k in keys for d in _differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+        return [d for k in keys for d in config_differences(old.get(k), new.get(k), f"{prefix}{k}.")]
+    if prefix[:-1] in DISPLAY_KEYS:
+        return []
     return [] if old == new else [f"{prefix[:-1]} ({old!r} → {new!r})"]
 
 
@@ -87,14 +151,34 @@ def source_run_config(config: ExperimentConfig) -> ExperimentConfig:
     """The ``source_only`` config whose selected model is S for ``config`` (METHOD.md §9).
 
     The experiment's profile defaults with this run's data, network and seed: every coupling
-    method of one seed shares one S, and ``cetl train ... --method source_only`` trains the
-    very same run, so "CETL vs source only" is a paired comparison.
+    method of one seed shares one S, and ``cetl train ...
+    --method source_only`` with the same overrides trains the very same run, so "CETL vs
+    source only" is a paired comparison. With ``source.network`` set
+    (the distillation teacher, METHOD.md §5), S is trained as that network instead.
     """
+    if config.source.kind == "experiment":  # S is another experiment's own run (Table 3's CI-CNN)
+        if not config.source.experiment:
+            raise RunError("source.kind=experiment needs source.experiment, e.g. pretrain_cicnn_cifar100")
+        return merge(EXPERIMENTS.get(config.source.experiment)(config.profile), {"seed": config.seed})
     base = EXPERIMENTS.get(config.experiment)(config.profile)
     base = merge(base, {"method": {"name": "source_only"}, "seed": config.seed})
-    return dataclasses.replace(
-        base, data=dataclasses.replace(config.data, transductive=False), network=config.network
-    )
+    network = config.network
+    if config.source.network is not None:
+        network = dataclasses.replace(config.network, name=config.source.network)
+    data = dataclasses.replace(config.data, transductive=False, target_labels_per_class=0)
+    return dataclasses.replace(base, data=data, network=network)
+
+
+def source_run_dir(config: ExperimentConfig, expected: ExperimentConfig) -> Path:
+    """Where S's run lives: ``source.path``, else the ``source_only`` folder of ``expected``,
+    named ``source_only-<network>`` when S is another network than T2 (a teacher), so that the
+    teacher and ``--method source_only`` with T2's network never share a folder."""
+    if config.source.path:
+        return Path(config.source.path)
+    path = default_run_dir(expected)
+    if expected.network.name != config.network.name:
+        path = path.parent.with_name(f"source_only-{expected.network.name}") / path.name
+    return path
 
 
 def ensure_source_run(config: ExperimentConfig, *, data_root: DataRoot) -> Path:
@@ -107,12 +191,18 @@ def ensure_source_run(config: ExperimentConfig, *, data_root: DataRoot) -> Path:
             raise RunError(f"source.path '{path}' is not a finished run (it has no {SUMMARY_FILE})")
         return path
     expected = source_run_config(config)
-    path = Path(config.source.path) if config.source.path else default_run_dir(expected)
+    path = source_run_dir(config, expected)
     if (path / SUMMARY_FILE).exists():
         # Compared through read_config, so fields added to the schema since S was trained take
-        # their defaults instead of counting as changes; the source section is moot for S.
-        saved = {k: v for k, v in to_dict(read_config(path)).items() if k != "source"}
-        differences = _differences(saved, {k: v for k, v in to_dict(expected).items() if k != "source"})
+        # their defaults instead of counting as changes; the source section is moot for S. An
+        # S named by source.path (as `cetl compare` names each seed's source_only cell, trained
+        # with the comparison's overrides) must match where pairing needs it: data, network, seed.
+        keys = PAIRING_KEYS if config.source.path else None
+        saved = {
+            k: v for k, v in to_dict(read_config(path)).items() if k != "source" and (not keys or k in keys)
+        }
+        wanted = {k: v for k, v in to_dict(expected).items() if k != "source" and (not keys or k in keys)}
+        differences = config_differences(saved, wanted)
         if differences:
             raise RunError(
                 f"the source run '{path}' was trained with another config than S needs "
@@ -120,25 +210,36 @@ def ensure_source_run(config: ExperimentConfig, *, data_root: DataRoot) -> Path:
             )
         return path
     resume = (path / LAST_CHECKPOINT).exists()
-    print(
-        f"cetl: S is the source_only run of seed {config.seed}; {'resuming' if resume else 'training'} it "
-        f"into {path}",
-        file=sys.stderr,
-    )
+    if distributed.current().is_main:
+        print(
+            f"cetl: S is the source_only run of seed {config.seed}; {'resuming' if resume else 'training'} "
+            f"it into {path}",
+            file=sys.stderr,
+        )
     train_run(expected, run_dir=path, data_root=data_root, resume=resume)
     return path
 
 
 def train_run(
-    config: ExperimentConfig, *, run_dir: Path, data_root: DataRoot, resume: bool = False
+    config: ExperimentConfig,
+    *,
+    run_dir: Path,
+    data_root: DataRoot,
+    resume: bool = False,
+    overwrite: bool = False,
 ) -> dict[str, Any]:
-    """Train ``config`` into ``run_dir`` and return (and write) its summary."""
-    _check_run_dir(run_dir, config, resume=resume)
+    """Train ``config`` into ``run_dir`` and return (and write) its summary.
+
+    Under torchrun every rank calls this; rank 0 alone writes files and prints notes.
+    """
+    world = distributed.current()
+    _check_run_dir(run_dir, config, resume=resume, overwrite=overwrite)
+    if world.is_main:
+        _prepare_run_dir(run_dir, overwrite=overwrite)
+    world.barrier()  # every rank has checked the folder before rank 0 writes to it
     source_dir = None
-    if uses_source(config) and config.source.kind != "torchvision":
+    if uses_source(config) and config.source.kind in ("source_only", "run", "experiment"):
         source_dir = ensure_source_run(config, data_root=data_root)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
     data, info = build_training_data(config.data, root=data_root, labelled_domain=labelled_domain(config))
     if config.profile == "paper" and resolve_device(config.train.device).type == "cpu":
         info = dataclasses.replace(
@@ -149,18 +250,26 @@ def train_run(
                 "trains at ~50 images/s on 2 CPU cores); on CPU use --profile quick",
             ),
         )
-    for note in info.notes:
+    for note in info.notes if world.is_main else ():
         print(f"cetl: note: {note}", file=sys.stderr)
     source = build_source(config.source, run_dir=source_dir) if uses_source(config) else None
     method = build_method(config, info, source=source)
+    if world.is_main:  # only now: a data or network error leaves no half-made run folder behind
+        run_dir.mkdir(parents=True, exist_ok=True)
+        atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
     result = train(
         method,
         data,
-        train_config=config.train,
+        # Eq. 14's bound needs S and T2 to share a label space: not so in transfer learning,
+        # where a 10-class S (a CIFAR stand-in) could look compatible by shape alone.
+        train_config=dataclasses.replace(
+            config.train, monitor=config.train.monitor and config.setting != "transfer"
+        ),
         optimizer_config=config.optimizer,
         seed=config.seed,
         run_dir=run_dir,
         resume=resume,
+        engine_config=config.engine,
     )
     summary = {
         "experiment": config.experiment,
@@ -174,7 +283,7 @@ def train_run(
         "selected_by": result.selected_by,
         "wall_seconds": round(result.wall_seconds, 2),
         "device": result.device,
-        "world_size": 1,
+        "world_size": world.size,
         "cetl_version": __version__,
         "val_accuracy": result.val_accuracy,
         "selected_round": result.selected_round,
@@ -195,10 +304,19 @@ def train_run(
         summary["source_run"] = str(source_dir) if source_dir is not None else None
         if config.setting != "transfer":  # S shares T2's label space only outside transfer learning
             test = data.target_test.to(torch.device(result.device))
+            source.to(test.x.device)  # a method that only copies S's weights leaves S where it was built
             summary["source_accuracy_on_target"] = accuracy(source, test, autocast=contextlib.nullcontext())
-    summary["stage_seconds"] = _stage_seconds(run_dir)
     summary["history"] = result.history
-    atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    if result.history:
+        # Labelled as an oracle: the best round by *target* accuracy, for the record only (anchors
+        # that report it as their result overstate it); selection above never reads it.
+        oracle = max(result.history, key=lambda record: record["target_test_accuracy"])
+        summary["oracle_target_test_accuracy"] = oracle["target_test_accuracy"]
+        summary["oracle_round"] = oracle["round"]
+    if world.is_main:
+        summary["stage_seconds"] = _stage_seconds(run_dir)
+        atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    world.barrier()  # the other ranks may read this run next (S of a coupling method)
     return summary
 
 

@@ -10,7 +10,8 @@ bottom, :func:`train` is the whole story:
                 for update in stage.updates:   # weighted sum → backward → clip → step
         evaluate; select without target labels; checkpoint atomically
 
-Launch: ``cetl train EXPERIMENT [--method M] [--profile P]`` (single process).
+Launch: ``cetl train EXPERIMENT [--method M] [--profile P]`` (single process), or
+``torchrun --nproc_per_node=N -m cetl train ...`` (one process per GPU; ``docs/distributed.md``).
 
 Determinism: every random stream (batch order, dropout) is seeded from the run
 seed and the round, stage, epoch and stream names, so a run interrupted after
@@ -22,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import math
+import sys
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
@@ -31,11 +33,14 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-from cetl.config import OptimizerConfig, TrainConfig
+from cetl.config import EngineConfig, OptimizerConfig, TrainConfig
 from cetl.data.digits import LabelledSet, seeded_generator
 from cetl.data.training import TrainingData
 from cetl.engine.checkpoint import load_checkpoint, save_checkpoint
-from cetl.engine.logging import MetricsLog, progress
+from cetl.engine.distributed import SINGLE, World, current
+from cetl.engine.logging import MetricsLog, NullLog, progress
+from cetl.engine.nonfinite import NonFiniteWatch
+from cetl.engine.validators import check_selection, unsupervised_score
 from cetl.errors import ConfigError, RunError
 from cetl.methods.base import Batch, Method, Stage, Stream, Update
 
@@ -73,6 +78,13 @@ def resolve_device(name: str) -> torch.device:
     return device
 
 
+def _selection_score(selection: str, record: dict[str, Any]) -> float:
+    """Higher is better: validation accuracy, or minus an unsupervised validator's value."""
+    if selection.startswith("unsupervised:"):
+        return -record[f"unsupervised_{selection.removeprefix('unsupervised:')}"]
+    return record["val_accuracy"]
+
+
 def resolve_selection(selection: str, labelled_domain: str) -> str:
     """Model selection that never reads target labels (METHOD.md §8)."""
     if selection == "auto":
@@ -89,10 +101,12 @@ def make_optimizer(parameters: list[nn.Parameter], config: OptimizerConfig) -> t
     """The optimiser named in the config; each (stage, update) gets its own, kept across rounds (D7)."""
     if not parameters:
         raise ConfigError("an update has no trainable parameters; check the method's networks")
-    if config.name == "adam":
-        return torch.optim.Adam(parameters, lr=config.lr, weight_decay=config.weight_decay)
-    if config.name == "adamw":
-        return torch.optim.AdamW(parameters, lr=config.lr, weight_decay=config.weight_decay)
+    # Fused kernels on CUDA: one launch per step instead of several per parameter tensor.
+    fused = True if all(p.is_cuda for p in parameters) else None
+    if config.name in ("adam", "adamw"):
+        adam = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
+        betas = (config.beta1, 0.999)
+        return adam(parameters, lr=config.lr, betas=betas, weight_decay=config.weight_decay, fused=fused)
     return torch.optim.SGD(
         parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
     )
@@ -105,30 +119,51 @@ def run_update(
     *,
     max_grad_norm: float | None,
     autocast: contextlib.AbstractContextManager[Any],
-) -> dict[str, Tensor]:
+    world: World = SINGLE,
+    skip_non_finite: bool = False,
+) -> dict[str, Tensor] | None:
     """One optimiser step on the weighted sum of the update's loss terms.
+
+    With ``skip_non_finite`` (``engine.on_nan=skip_batch``) a non-finite loss skips the step
+    and returns ``None``. Deciding needs the value on the host, one GPU sync per update: the
+    price of skipping. It is read after the terms are averaged over ranks, so every rank of a
+    multi-process run skips the same steps.
 
     Returns detached terms plus their weighted ``loss``: tensors, not floats, because
     ``.item()`` would synchronise with the GPU on every step; the loop converts them only on
-    logging steps.
+    logging steps. With several processes, gradients and terms are averaged over ranks right
+    after ``backward`` (``cetl.engine.distributed``), so clipping, the step and the returned
+    terms are those of the global batch, identical on every rank.
     """
     with autocast:
         terms = update.losses(batch)
     total = sum(update.weights.get(name, 1.0) * term.float() for name, term in terms.items())
     optimizer.zero_grad(set_to_none=True)
     total.backward()
+    examples = batch.x if batch.x is not None else batch.x_tgt
+    terms = world.reduce_step(
+        update.parameters(), {**terms, "loss": total}, len(examples) if examples is not None else 1
+    )
+    if skip_non_finite and not bool(torch.isfinite(terms["loss"])):
+        optimizer.zero_grad(set_to_none=True)
+        return None
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(list(update.parameters()), max_grad_norm)
     optimizer.step()
-    return {name: term.detach() for name, term in terms.items()} | {"loss": total.detach()}
+    return {name: term.detach() for name, term in terms.items()}
 
 
 @torch.inference_mode()
 def accuracy(
-    model: nn.Module, data: LabelledSet, *, autocast: contextlib.AbstractContextManager[Any]
+    model: nn.Module,
+    data: LabelledSet,
+    *,
+    autocast: contextlib.AbstractContextManager[Any],
+    predict: Callable[[Tensor], Tensor] | None = None,
 ) -> float:
-    """Top-1 accuracy (a fraction) of ``model.predict`` (or ``model`` itself) on ``data``, in eval mode."""
-    predict = getattr(model, "predict", model)
+    """Top-1 accuracy (a fraction) of ``predict`` (default ``model.predict``, or ``model`` itself)
+    on ``data``, with ``model`` in eval mode."""
+    predict = predict or getattr(model, "predict", model)
     was_training = model.training
     model.eval()
     correct = torch.zeros((), dtype=torch.long, device=data.y.device)
@@ -155,10 +190,12 @@ def _batches(
     seed: int,
     tag: tuple[Any, ...],
     progress: Callable[[float], float],
+    world: World = SINGLE,
 ) -> tuple[int, Iterator[Batch]]:
     """(number of steps, iterator of batches) for one epoch of ``stage``.
 
     ``progress`` maps the fraction of this epoch done to the fraction of the whole run done.
+    Every rank draws the same global batches and keeps its slice (``world.shard``).
 
     The first stream sets the epoch length (full batches only, unless the stream is smaller
     than one batch); the others are cycled, each with its own seeded order.
@@ -172,7 +209,9 @@ def _batches(
         pass_index = 0
         while True:
             generator = seeded_generator(seed, *map(str, tag), stream, str(pass_index))
-            order = torch.randperm(size, generator=generator)
+            # Drawn on the CPU (the same order on every device), copied once per pass: a
+            # blocking host-to-device copy per step would synchronise with the GPU every step.
+            order = torch.randperm(size, generator=generator).to(_stream_tensors(data, stream)[0].device)
             usable = max(1, size // batch_size) * batch_size if size >= batch_size else size
             for start in range(0, usable, batch_size):
                 yield order[start : start + batch_size]
@@ -184,7 +223,7 @@ def _batches(
             fields: dict[str, Any] = {"progress": progress(step / steps)}
             for stream, iterator in zip(stage.streams, iterators, strict=True):
                 x, y = _stream_tensors(data, stream)
-                index = next(iterator).to(x.device)
+                index = world.shard(next(iterator)).to(x.device)
                 if stream == "labelled":
                     fields["x"], fields["y"], fields["idx"] = x[index], y[index], index
                 else:
@@ -226,6 +265,7 @@ def train(
     seed: int,
     run_dir: Path,
     resume: bool,
+    engine_config: EngineConfig | None = None,
 ) -> TrainingResult:
     """Train ``method`` round by round, checkpointing each one.
 
@@ -237,16 +277,23 @@ def train(
     Raises:
         RunError: on resume, when the checkpoint is missing or does not match the method.
     """
-    device = resolve_device(train_config.device)
+    world = current()
+    world.check_batch_size(train_config.batch_size)
+    device = world.device(resolve_device(train_config.device))
     selection = resolve_selection(train_config.selection, method.labelled_domain)
     method.to(device)
     data = data.to(device)
+    check_selection(selection, method, data)
     use_amp = train_config.amp and device.type == "cuda"
     autocast: contextlib.AbstractContextManager[Any] = (
         torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
     )
+    engine = engine_config or EngineConfig()
+    if engine.channels_last and device.type == "cuda":
+        method.to(memory_format=torch.channels_last)  # 4-D weights: convolutions pick NHWC kernels
     networks = method.trainable_networks()
-    method.prepare(data)
+    with autocast:  # a value cached here equals what a step would compute under the same autocast
+        method.prepare(data)
     state = _Progress()
     optimizer_states: dict[str, Any] = {}
     if resume:
@@ -255,26 +302,53 @@ def train(
         method.load_resumable_state(checkpoint["method_state"])
         state = _Progress(**checkpoint["progress"])
         optimizer_states = dict(checkpoint["optimizers"])
-    log = MetricsLog(
-        run_dir / "metrics.jsonl",
-        tensorboard_dir=run_dir / "tensorboard" if train_config.tensorboard else None,
-        resume_after_round=state.rounds_done - 1 if resume else None,
+        if world.is_main:
+            print(
+                f"cetl: resuming '{run_dir}' after round {state.rounds_done} of {train_config.rounds} "
+                f"(from {LAST_CHECKPOINT})",
+                file=sys.stderr,
+            )
+    world.broadcast_modules(networks.values())  # as DDP: every rank starts from rank 0's weights
+    log = (
+        MetricsLog(
+            run_dir / "metrics.jsonl",
+            tensorboard_dir=run_dir / "tensorboard" if train_config.tensorboard else None,
+            resume_after_round=state.rounds_done - 1 if resume else None,
+        )
+        if world.is_main
+        else NullLog()
     )
     optimizers: dict[str, torch.optim.Optimizer] = {}
+    skip_non_finite = engine.on_nan == "skip_batch"
+    watch = NonFiniteWatch(device, advice=lambda: _non_finite_advice(run_dir, state.rounds_done))
 
     def optimizer_for(stage: Stage, update: Update) -> torch.optim.Optimizer:
         key = f"{stage.name}/{update.name}"
         if key not in optimizers:
-            optimizers[key] = make_optimizer(list(update.parameters()), optimizer_config)
+            settings = dataclasses.replace(optimizer_config, **update.optimizer)
+            optimizers[key] = make_optimizer(list(update.parameters()), settings)
             if key in optimizer_states:
                 optimizers[key].load_state_dict(optimizer_states.pop(key))
         return optimizers[key]
 
+    compiled: dict[Callable[[Batch], dict[str, Tensor]], Callable[[Batch], dict[str, Tensor]]] = {}
+
+    def engine_update(update: Update) -> Update:
+        """``update`` with its loss function compiled (``engine.compile``): the forward pass through
+        the trainable networks and the losses become one graph, with a compiled backward; the
+        optimiser step stays outside (fused on CUDA). Keyed by the loss function, so rounds reuse it."""
+        if not engine.compile:
+            return update
+        if update.losses not in compiled:
+            compiled[update.losses] = torch.compile(update.losses)
+        return dataclasses.replace(update, losses=compiled[update.losses])
+
     def run_stage(stage: Stage, round_index: int) -> dict[str, Any]:
         """All epochs of one stage; returns its ``kind: stage`` record (mean loss, seconds)."""
         started_stage = time.perf_counter()
+        updates = [engine_update(update) for update in stage.updates]
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
-        stage_steps = 0
+        stage_steps = skipped = 0
         epochs = stage.epochs or train_config.stage_epochs
         for epoch in range(epochs):
             count, batches = _batches(
@@ -287,19 +361,32 @@ def train(
                 progress=lambda done, epoch=epoch: (
                     (round_index + (epoch + done) / epochs) / train_config.rounds
                 ),
+                world=world,
             )
             description = f"round {round_index + 1}/{train_config.rounds} {stage.name}"
             for batch in progress(
-                batches, total=count, description=description, enabled=train_config.progress
+                batches, total=count, description=description, enabled=train_config.progress and world.is_main
             ):
                 terms: dict[str, Tensor] = {}
-                for update in stage.updates:
+                for update in updates:
                     update_terms = run_update(
                         update,
                         batch,
                         optimizer_for(stage, update),
                         max_grad_norm=optimizer_config.max_grad_norm,
                         autocast=autocast,
+                        world=world,
+                        skip_non_finite=skip_non_finite,
+                    )
+                    if update_terms is None:  # engine.on_nan=skip_batch: counted, not optimised
+                        skipped += 1
+                        continue
+                    watch.observe(
+                        update_terms,
+                        round_index=round_index,
+                        stage=stage.name,
+                        update=update.name,
+                        step=state.global_step + 1,
                     )
                     loss_sum += update_terms["loss"]
                     for name, value in update_terms.items():
@@ -309,10 +396,13 @@ def train(
                 stage_steps += 1
                 state.stage_steps[stage.name] = state.stage_steps.get(stage.name, 0) + 1
                 if state.global_step % train_config.log_every == 0:
+                    watch.check(round_index=round_index)
                     values = _checked_floats(terms, stage.name)
                     record = {"kind": "train", "round": round_index, "stage": stage.name}
                     log.write({**record, "step": state.global_step, **values}, step=state.global_step)
-            _checked_floats(terms, stage.name)  # once per epoch even when no step was logged
+            watch.check(round_index=round_index)  # once per epoch even when no step was logged
+            _checked_floats(terms, stage.name)
+        world.average_buffers(networks.values())  # BatchNorm statistics: one set for eval and the Fisher
         extra = stage.on_end() if stage.on_end is not None else None
         return {
             "kind": "stage",
@@ -321,6 +411,7 @@ def train(
             "step": state.global_step,
             "mean_loss": float(loss_sum) / max(1, stage_steps),
             "seconds": time.perf_counter() - started_stage,
+            **({"skipped_batches": skipped} if skip_non_finite else {}),
             **(extra or {}),
         }
 
@@ -329,9 +420,15 @@ def train(
         for round_index in range(state.rounds_done, train_config.rounds):
             if train_config.tol is not None and state.calm_rounds >= train_config.patience:
                 break  # D7: converged
-            torch.manual_seed(seeded_generator(seed, "round", str(round_index)).initial_seed())
+            # Dropout and noise differ between ranks (rank 0 draws as a single process would);
+            # what must agree across ranks (the GFI's draws) is broadcast by its owner.
+            rank_tag = ("rank", str(world.rank)) if world.rank else ()
+            torch.manual_seed(seeded_generator(seed, "round", str(round_index), *rank_tag).initial_seed())
             method.train()
-            stage_records = [run_stage(stage, round_index) for stage in method.stages(round_index)]
+            stages = method.stages(round_index)
+            if not stages and round_index > 0:
+                break  # the method has nothing left to train (SA fits once, in round 0)
+            stage_records = [run_stage(stage, round_index) for stage in stages]
             for record in stage_records:
                 log.write(record, step=state.global_step)
             _update_convergence(state, stage_records, train_config.tol)
@@ -340,30 +437,46 @@ def train(
                 "kind": "eval",
                 "round": round_index,
                 "step": state.global_step,
-                "val_accuracy": accuracy(method, data.labelled_val, autocast=autocast),
+                "val_accuracy": accuracy(
+                    method, data.labelled_val, autocast=autocast, predict=method.predict_labelled
+                ),
                 "target_test_accuracy": accuracy(method, data.target_test, autocast=autocast),
             }
+            if selection.startswith("unsupervised:"):
+                record |= unsupervised_score(selection, method, data, autocast=autocast)
+            if train_config.monitor:
+                method.eval()
+                with torch.inference_mode():
+                    record |= method.monitor(data)
             state.history.append(record)
             log.write(record, step=state.global_step)
-            if selection == "last" or record["val_accuracy"] > state.best["val_accuracy"]:
+            score = _selection_score(selection, record)
+            if selection == "last" or score > state.best.get("score", -math.inf):
                 state.best = {k: record[k] for k in ("round", "val_accuracy", "target_test_accuracy")}
-                save_checkpoint(run_dir / BEST_CHECKPOINT, {"networks": _state(networks), "best": state.best})
+                state.best["score"] = score
+                if world.is_main:
+                    save_checkpoint(
+                        run_dir / BEST_CHECKPOINT, {"networks": _state(networks), "best": state.best}
+                    )
             state.rounds_done = round_index + 1
             state.elapsed = time.perf_counter() - started
-            save_checkpoint(
-                run_dir / LAST_CHECKPOINT,
-                {
-                    "networks": _state(networks),
-                    "method_state": method.resumable_state(),
-                    "optimizers": {k: o.state_dict() for k, o in optimizers.items()} | optimizer_states,
-                    "progress": dataclasses.asdict(state),
-                },
-            )
+            if world.is_main:
+                save_checkpoint(
+                    run_dir / LAST_CHECKPOINT,
+                    {
+                        "networks": _state(networks),
+                        "method_state": method.resumable_state(),
+                        "optimizers": {k: o.state_dict() for k, o in optimizers.items()} | optimizer_states,
+                        "progress": dataclasses.asdict(state),
+                    },
+                )
     finally:
         log.close()
 
-    selected = load_checkpoint(run_dir / BEST_CHECKPOINT, map_location=device)
-    _load_networks(networks, selected["networks"], run_dir / BEST_CHECKPOINT)
+    if world.is_main:
+        selected = load_checkpoint(run_dir / BEST_CHECKPOINT, map_location=device)
+        _load_networks(networks, selected["networks"], run_dir / BEST_CHECKPOINT)
+    world.broadcast_modules(networks.values())  # the selected weights, without a shared filesystem
     return TrainingResult(
         selected_by=selection,
         selected_round=int(state.best["round"]),
@@ -388,6 +501,18 @@ def _update_convergence(state: _Progress, stage_records: list[dict[str, Any]], t
         )
         state.calm_rounds = state.calm_rounds + 1 if calm else 0
     state.stage_losses = losses
+
+
+def _non_finite_advice(run_dir: Path, rounds_done: int) -> str:
+    kept = (
+        f"{run_dir / LAST_CHECKPOINT} still holds round {rounds_done}, the last finished one"
+        if rounds_done
+        else "no round had finished, so there is no checkpoint"
+    )
+    return (
+        f"The run stopped; {kept}. Lower optimizer.lr, set optimizer.max_grad_norm, or skip such "
+        f"batches with --set engine.on_nan=skip_batch"
+    )
 
 
 def _checked_floats(terms: dict[str, Tensor], stage: str) -> dict[str, float]:

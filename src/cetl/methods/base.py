@@ -59,12 +59,15 @@ class Update:
         networks: modules whose trainable parameters this update changes.
         losses: ``batch -> {term name: scalar}``, unweighted.
         weights: per-term weights (Eq. 3's λ, Eq. 6's λ1..λ3, DWA λs); missing terms weigh 1.
+        optimizer: fields of ``OptimizerConfig`` this update's optimiser overrides (e.g. ADDA's
+            published ``{"lr": 2e-4, "beta1": 0.5}``); empty keeps the run's settings.
     """
 
     name: str
     networks: tuple[nn.Module, ...]
     losses: Callable[[Batch], dict[str, Tensor]]
     weights: Mapping[str, float] = field(default_factory=dict)
+    optimizer: Mapping[str, Any] = field(default_factory=dict)
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """Trainable parameters, each once, in a stable order."""
@@ -125,7 +128,8 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
 
     @abc.abstractmethod
     def stages(self, round_index: int) -> list[Stage]:
-        """The stages of round ``round_index`` (0-based), in order."""
+        """The stages of round ``round_index`` (0-based), in order; none (after round 0) ends
+        training early, for methods that are done (SA fits once)."""
 
     @abc.abstractmethod
     def predict(self, x: Tensor) -> Tensor:
@@ -134,6 +138,22 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def trainable_networks(self) -> dict[str, nn.Module]:
         """Networks the engine trains, checkpoints and (later) wraps in DDP; never the source."""
+
+    def predict_labelled(self, x: Tensor) -> Tensor:
+        """Logits for images of the *labelled* domain, which model selection scores. Equal to
+        :meth:`predict` except for methods that treat the domains differently (SA projects
+        source images through the source subspace)."""
+        return self.predict(x)
+
+    def reconstruct(self, x: Tensor) -> Tensor | None:
+        """T1(T2(x)) for methods with a decoder, else ``None``; the ``unsupervised:reconstruction``
+        selection rule scores target images with it (no labels needed)."""
+        return None
+
+    def monitor(self, data: TrainingData) -> dict[str, float]:
+        """Numbers logged with each evaluation that never choose a model (the error-bound
+        monitor, METHOD.md §6); called in eval mode without gradients. Default: none."""
+        return {}
 
     def prepare(self, data: TrainingData) -> None:
         """Called once by the engine after moving the method and data to the device, before

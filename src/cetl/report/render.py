@@ -86,9 +86,53 @@ def plot_curves(summaries: Sequence[dict[str, Any]], path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
+def bound_series(history: Sequence[dict[str, Any]]) -> tuple[list[int], list[float], list[float]]:
+    """(rounds, LHS / max LHS, RHS / max RHS) from a run's evaluation records, as Fig. 2 plots
+    them; empty when the run logged no bound (its method has no S and T1, or transfer learning)."""
+    records = [h for h in history if "bound_lhs" in h]
+    if not records:
+        return [], [], []
+    lhs = [h["bound_lhs"] for h in records]
+    rhs = [h["bound_rhs"] for h in records]
+    top_lhs, top_rhs = max(max(lhs), 1e-12), max(max(rhs), 1e-12)
+    return [h["round"] + 1 for h in records], [v / top_lhs for v in lhs], [v / top_rhs for v in rhs]
+
+
+def plot_bound(summary: dict[str, Any], path: Path) -> bool:
+    """The error bound of Eq. 14 per round, each side normalised by its maximum (the paper's
+    Fig. 2), as a PNG; returns ``False`` (and writes nothing) when the run logged no bound."""
+    import io
+
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rounds, lhs, rhs = bound_series(summary["history"])
+    if not rounds:
+        return False
+    figure, axis = plt.subplots(figsize=(5.6, 3.6), dpi=120)
+    axis.plot(rounds, lhs, marker="o", label="LHS: target error of T2")
+    axis.plot(rounds, rhs, marker="s", label="RHS: e_S + 2d + 3·M1 + 2·M2")
+    axis.set_xlabel("round")
+    axis.set_ylabel("normalised by its maximum")
+    axis.set_title(f"{summary['method']}, {summary['experiment']} (seed {summary['seed']})", fontsize="small")
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    plt.close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+    return True
+
+
 def write_report(summaries: Sequence[dict[str, Any]], out_dir: Path, *, title: str, intro: str) -> Path:
     """``report.md`` with the comparison table and ``curves.png``; returns the report's path."""
     plot_curves(summaries, out_dir / "curves.png")
+    bound_plots = [
+        f"bound_{s['method']}.png" for s in summaries if plot_bound(s, out_dir / f"bound_{s['method']}.png")
+    ]
     first = summaries[0]
     details = (
         f"- experiment `{first['experiment']}`, profile `{first['profile']}`, seed {first['seed']}, "
@@ -101,7 +145,9 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: Path, *, title: s
     notes = sorted({n for s in summaries for n in s.get("data_notes", [])})
     text = (
         f"# {title}\n\n{intro}\n\n{comparison_table(summaries)}\n"
-        f"![accuracy per round](curves.png)\n\n## Setup\n\n{details}"
+        f"![accuracy per round](curves.png)\n\n"
+        + "".join(f"![error bound, Eq. 14]({name})\n\n" for name in bound_plots)
+        + f"## Setup\n\n{details}"
         + ("".join(f"- note: {n}\n" for n in notes))
     )
     path = out_dir / "report.md"

@@ -21,22 +21,21 @@ Variants (``--method``): ``baseline`` (stage 3 alone), ``cetl_f``/``cetl_u`` (T1
 from __future__ import annotations
 
 import copy
-import math
 import sys
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any, ClassVar, Literal
+from typing import Annotated, Any, ClassVar, Literal
 
 import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
-from cetl.config import MethodConfig
+from cetl.config import MethodConfig, NonNegativeFloat, PositiveInt, Probability, Range
 from cetl.data.training import TrainingData
-from cetl.errors import ConfigError
+from cetl.engine import distributed
 from cetl.fisher import (
     DWAPenalty,
+    Stacked,
     estimate_fisher,
     generalized_fisher,
     kept_fractions,
@@ -49,6 +48,8 @@ from cetl.fisher import (
 from cetl.losses.classification import classification_loss
 from cetl.losses.reconstruction import source_reconstruction_loss, target_reconstruction_loss
 from cetl.methods.base import Batch, Component, Method, Stage, Update
+from cetl.methods.corruption import impulse_noise, random_affine
+from cetl.monitor import bound_terms
 from cetl.networks import TapNetwork
 from cetl.source import FeatureCache, FrozenSource
 
@@ -64,44 +65,44 @@ class CetlConfig(MethodConfig):
     recon_target: Literal["frozen", "live"] = "frozen"
     """D3: the target of ``L_r^t`` is T1′(S(x)) with T1′ frozen at the end of stage 1
     (``frozen``), or T1(S(x)) from the T1 being trained, detached (``live``)."""
-    classify_weight: float = 0.7
+    classify_weight: Probability = 0.7
     """λ of Eq. 3 (``cetl_f``, ``cetl_u``): ``λ L_c^t + (1−λ) L_r^t``; 0.7 as DRCN."""
-    e2e_recon_source_weight: float = 0.3
+    e2e_recon_source_weight: NonNegativeFloat = 0.3
     """λ1 of Eq. 6 (``cetl_e2e``)."""
-    e2e_classify_weight: float = 0.7
+    e2e_classify_weight: NonNegativeFloat = 0.7
     """λ2 of Eq. 6 (``cetl_e2e``)."""
-    e2e_recon_target_weight: float = 0.3
+    e2e_recon_target_weight: NonNegativeFloat = 0.3
     """λ3 of Eq. 6 (``cetl_e2e``)."""
-    phase1_epochs: int = 4
+    phase1_epochs: PositiveInt = 4
     """``cetl_f``/``cetl_u``: epochs of stage 1 (T1∘S) before T2 is trained."""
-    reconstruct_epochs: int = 1
+    reconstruct_epochs: PositiveInt = 1
     """Epochs of each reconstruction stage (1 and 2) per round (D7's ``stage_epochs`` for them)."""
     target_init: Literal["random", "source"] = "random"
     """Initialise T2 randomly or from S's weights (needs the same architecture)."""
-    input_noise: float = 0.0
+    input_noise: Annotated[float, Range(ge=0, lt=1)] = 0.0
     """DRCN-style denoising: fraction of input pixels zeroed on the reconstruction stages."""
     augment: bool = False
     """DRCN-style augmentation on the reconstruction stages: rotation ±20°, shift ±20%.
     Inputs then vary per step, so the source-feature cache is bypassed (D9)."""
     fisher: Literal["sampled", "empirical"] = "sampled"
     """D4: targets of the Fisher losses drawn from the model (``sampled``) or the true ones."""
-    fisher_batches: int = 32
+    fisher_batches: PositiveInt = 32
     """K of D4: micro-batches per Fisher estimate."""
-    fisher_batch_size: int = 8
+    fisher_batch_size: PositiveInt = 8
     """m of D4: images per micro-batch."""
     fisher_norm: Literal["mean", "none"] = "mean"
     """Divide F by its mean over the regularised set, so λ is scale-free across losses (D4)."""
     rf_estimator: Literal["gaussian", "binned"] = "gaussian"
     """D5: the Relative Fisher estimator (both on Linfoot's scale)."""
-    rf_threshold: float = 0.5
+    rf_threshold: Probability = 0.5
     """u in Eq. 10: RF at or above it counts as shared."""
-    keep_prob: float = 0.9
+    keep_prob: Probability = 0.9
     """p in Eq. 10: keep a shared parameter's Fisher with probability p (a private one, 1 − p)."""
-    dwa1_weight: float = 1.0
+    dwa1_weight: NonNegativeFloat = 1.0
     """λ of DWA1 (Eq. 11): protects stage 1's T1 during stage 2."""
-    dwa2_weight: float = 1.0
+    dwa2_weight: NonNegativeFloat = 1.0
     """λ of DWA2: protects stage 2's T1 during the next round's stage 1."""
-    dwa3_weight: float = 1.0
+    dwa3_weight: NonNegativeFloat = 1.0
     """λ of DWA3: protects stage 2's T2 during stage 3."""
     dwa_reduction: Literal["mean", "sum"] = "mean"
     """Divide Eq. 11's sum by the number of parameters (``mean``) or not (``sum``, literal)."""
@@ -140,10 +141,6 @@ class CETL(Method):
         labelled_domain: Literal["source", "target"],
     ) -> None:
         super().__init__()
-        if not 0.0 <= config.classify_weight <= 1.0:
-            raise ConfigError(f"method.classify_weight must be in [0, 1], got {config.classify_weight}")
-        if not 0.0 <= config.input_noise < 1.0:
-            raise ConfigError(f"method.input_noise must be in [0, 1), got {config.input_noise}")
         self.config = config
         self.target_net = target_net
         self.decoder = decoder
@@ -170,7 +167,8 @@ class CETL(Method):
                 "cetl: source-feature cache bypassed: method.augment varies S's inputs (D9)", file=sys.stderr
             )
             return
-        self._features = self._feature_cache.features(self.source, data.target)
+        # float32 whatever autocast the engine prepares under: the Fisher pass runs without it
+        self._features = self._feature_cache.features(self.source, data.target).float()
 
     # ------------------------------------------------------------------ stages
 
@@ -331,11 +329,28 @@ class CETL(Method):
         data = self._fisher_data
         images = data.target if stream == "target" else data.labelled.x
         labels = data.labelled.y if stream == "labelled" else None
-        # Global RNG: seeded per round by the engine, identical on every rank.
-        micro_batches = torch.randint(len(images), (c.fisher_batches, c.fisher_batch_size)).to(images.device)
-        mask_seed = int(torch.randint(2**62, (1,)))
+        # Ranks draw from different RNG streams (the engine seeds them per rank), so rank 0's
+        # draws are broadcast: micro-batches, sampled targets and the GFI mask agree everywhere.
+        world = distributed.current()
+        rows = world.broadcast(torch.randint(len(images), (c.fisher_batches, c.fisher_batch_size)))
+        mask_seed = int(world.broadcast(torch.randint(2**62, (1,))))
+        # One seed per (micro-batch, loss): sampled targets independent of how K is split over ranks.
+        noise_seeds = world.broadcast(torch.randint(2**62, (c.fisher_batches, len(losses))))
+        # Noise drawn here from those seeds, not inside the losses: the estimator can then
+        # differentiate several micro-batches in one batched pass (``Stacked``).
+        noise = (
+            [self._fisher_noise(key, noise_seeds[:, slot], images) for slot, key in enumerate(losses)]
+            if c.fisher == "sampled"
+            else []
+        )
+        micro_batches = Stacked(tuple(t.to(images.device) for t in (rows, *noise)))
+        binned = c.rf_estimator == "binned"  # keeps per-sample Fishers: every rank does all K
+        if not binned:
+            micro_batches = micro_batches.rows(world.shard(torch.arange(len(micro_batches))))
         cached = self._features if stream == "target" else None
-        loss_fns = {key: self._fisher_loss(key, images, labels, cached) for key in losses}
+        loss_fns = {
+            key: self._fisher_loss(key, slot, images, labels, cached) for slot, key in enumerate(losses)
+        }
         parameters = dict(network.named_parameters())
         estimate = estimate_fisher(
             parameters,
@@ -343,7 +358,9 @@ class CETL(Method):
             micro_batches,
             modules=[self.target_net, self.decoder, self.source_adapter],
             pairs=[losses],
-            keep_samples=c.rf_estimator == "binned",
+            keep_samples=binned,
+            reduce=world.sum if world.distributed and not binned else None,
+            holds_first=world.is_main or binned,
         )
         fisher = estimate.fisher(losses[0])
         if c.fisher_norm == "mean":
@@ -371,10 +388,13 @@ class CETL(Method):
         return record
 
     def _fisher_loss(
-        self, key: str, images: Tensor, labels: Tensor | None, features: Tensor | None
-    ) -> Callable[[Tensor], Tensor]:
-        """``fn(indices) -> L̃_k`` for one micro-batch: sampled targets (D4) or the true ones.
+        self, key: str, slot: int, images: Tensor, labels: Tensor | None, features: Tensor | None
+    ) -> Callable[[tuple[Tensor, ...]], Tensor]:
+        """``fn((indices, *noise)) -> L̃_k`` for one micro-batch: sampled targets (D4) or the true ones.
 
+        ``noise[slot]`` is this loss's pre-drawn noise on micro-batch k (:meth:`_fisher_noise`),
+        so the estimate does not depend on which rank evaluates k, and the function has no
+        Python-level randomness, so the estimator may batch micro-batches (``torch.func.vmap``).
         ``features`` are S's cached taps of ``images`` (D9), or ``None`` to run S.
         """
         sampled = self.config.fisher == "sampled"
@@ -387,23 +407,42 @@ class CETL(Method):
         def target_path(index: Tensor) -> Tensor:
             return self.decoder(self.target_net.forward_taps(images[index], [coupling])[coupling])
 
-        def loss(index: Tensor) -> Tensor:
+        def loss(micro_batch: tuple[Tensor, ...]) -> Tensor:
+            index = micro_batch[0]
+            noise = micro_batch[1 + slot] if sampled else None
             if key == "recon_source":
                 out = source_path(index)
-                return (
-                    sampled_gaussian_loss(out) if sampled else source_reconstruction_loss(out, images[index])
-                )
+                if sampled:
+                    return sampled_gaussian_loss(out, noise=noise)
+                return source_reconstruction_loss(out, images[index])
             if key == "recon_target":
                 out = target_path(index)
                 if sampled:
-                    return sampled_gaussian_loss(out)
+                    return sampled_gaussian_loss(out, noise=noise)
                 with torch.no_grad():
                     target = self._recons1(images[index], None)
                 return target_reconstruction_loss(out, target)
             logits = self.target_net(images[index])
-            return sampled_categorical_loss(logits) if sampled else classification_loss(logits, labels[index])
+            if sampled:
+                return sampled_categorical_loss(logits, uniform=noise)
+            return classification_loss(logits, labels[index])
 
         return loss
+
+    def _fisher_noise(self, key: str, seeds: Tensor, images: Tensor) -> Tensor:
+        """The sampled-target noise of loss ``key`` for each micro-batch, one CPU generator per seed:
+        ``N(0, 1)`` shaped like a reconstruction ``(m, C, H, W)``, or ``U(0, 1)`` shaped like the
+        logits ``(m, classes)`` for ``classify`` (D4).
+
+        Shape:
+            seeds ``(K,)`` → ``(K, m, …)`` on the CPU.
+        """
+        m = self.config.fisher_batch_size
+        shape = (m, self.target_net.num_classes) if key == "classify" else (m, *images.shape[1:])
+        draw = torch.rand if key == "classify" else torch.randn
+        return torch.stack(
+            [draw(shape, generator=torch.Generator().manual_seed(int(seed))) for seed in seeds]
+        )
 
     def _freeze_decoder(self) -> None:
         """Take T1′ (with the adapter): the fixed reconstruction target of stage 2 (D3)."""
@@ -411,28 +450,42 @@ class CETL(Method):
         self._frozen_path = copy.deepcopy(path).eval().requires_grad_(False)
 
     def _add_noise(self, x: Tensor) -> Tensor:
-        if self.config.input_noise <= 0.0 or not self.training:
-            return x
-        return x * (torch.rand_like(x) >= self.config.input_noise)
+        """DRCN's impulse noise on reconstruction inputs, in training only (``x`` itself when off)."""
+        return impulse_noise(x, self.config.input_noise) if self.training else x
 
     def _augment(self, x: Tensor) -> Tensor:
-        """Random rotation (±20°) and shift (±20%) per image, as DRCN's reconstruction pipeline."""
+        """Random rotation (±20°) and shift (±20%) per image, as DRCN's recipe."""
         if not self.config.augment or not self.training:
             return x
-        batch = x.shape[0]
-        angle = (torch.rand(batch, device=x.device) * 2 - 1) * math.radians(20)
-        shift = (torch.rand(batch, 2, device=x.device) * 2 - 1) * 0.4  # grid units: 0.4 = 20% of width
-        cos, sin = torch.cos(angle), torch.sin(angle)
-        theta = torch.stack(
-            [torch.stack([cos, -sin, shift[:, 0]], dim=1), torch.stack([sin, cos, shift[:, 1]], dim=1)], dim=1
-        )  # (B, 2, 3)
-        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-        return F.grid_sample(x, grid, align_corners=False, padding_mode="zeros")
+        return random_affine(x)
 
     # ------------------------------------------------------------------ contract
 
     def predict(self, x: Tensor) -> Tensor:
         return self.target_net(x)
+
+    def reconstruct(self, x: Tensor) -> Tensor | None:
+        if self.variant == "baseline":
+            return None  # T1 is never trained
+        coupling = self.target_net.coupling_tap
+        return self.decoder(self.target_net.forward_taps(x, [coupling])[coupling])
+
+    def monitor(self, data: TrainingData) -> dict[str, float]:
+        """Eq. 14's terms, where S and T2 share a label space (not in transfer learning)."""
+        if self.variant == "baseline":
+            return {}
+        probe = data.target[:2]
+        if self.source.predict(probe).shape != self.target_net(probe).shape:
+            return {}  # transfer learning: S's classes are not T2's
+        return bound_terms(
+            source=self.source,
+            target=self,
+            source_reconstruct=lambda x: self.decoder(self.source_adapter(self.source(x))),
+            target_reconstruct=self.reconstruct,
+            labelled_val=data.labelled_val,
+            target_images=data.target,
+            target_test=data.target_test,
+        )
 
     def trainable_networks(self) -> dict[str, nn.Module]:
         if self.variant == "baseline":

@@ -1,0 +1,114 @@
+"""``drcn``: Deep Reconstruction-Classification Networks, a domain-adaptation baseline.
+
+Ghifary, Kleijn, Zhang, Balduzzi, Li, "Deep Reconstruction-Classification Networks for
+Unsupervised Domain Adaptation", ECCV 2016 (Table 5's "DRCN" row of the CETL paper).
+
+One encoder serves two heads: a label head trained on labelled source images and a
+convolutional decoder trained to reconstruct unlabelled target images. Its objective (Section 3
+there; the CETL paper's Eq. 3 has the same form) is ``λ L_c({x_s, y_s}) + (1 − λ) L_r({x̃_t, x_t})``
+with λ = 0.7, and its Algorithm 1 minimises it by alternating the two terms, each with its own
+optimiser steps. Here:
+
+- encoder + label head = T2 (its layers up to the coupling tap, then its classifier);
+- decoder = T1, the mirror of T2 (``build_decoder``), reading T2's coupling tap;
+- per round: ``reconstruct_target`` (target stream; ``L_r = ‖T1(T2_tap(x̃_t)) − x_t‖²``, updates
+  T2's encoder and T1, weight 1 − λ), then ``classify`` (labelled source stream; cross-entropy,
+  updates T2, weight λ). The order follows the authors' code (a reconstruction epoch, then a
+  classification epoch), so each round's evaluation sees a freshly trained label head.
+
+DRCN is CETL without S: its reconstruction target is the image itself where CETL's (Eq. 5) is
+T1′(S(x)); so it reuses CETL's loss ``target_reconstruction_loss`` and the shared corruptions
+of ``cetl.methods.corruption``.
+
+Note on λ: each term has its own optimiser (one per update, as in Algorithm 1), and Adam is
+nearly invariant to a constant factor on its loss, so with the default Adam λ mostly matters
+through ``optimizer.max_grad_norm`` and SGD; it is kept as the paper states it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
+
+from torch import Tensor, nn
+
+from cetl.config import MethodConfig, Probability, Range
+from cetl.losses.classification import classification_loss
+from cetl.losses.reconstruction import target_reconstruction_loss
+from cetl.methods.base import Batch, Component, Method, Stage, Update
+from cetl.methods.corruption import impulse_noise, random_affine
+from cetl.networks import TapNetwork
+
+
+@dataclass(frozen=True, kw_only=True)
+class DrcnConfig(MethodConfig):
+    """Options of ``drcn`` (DRCN, ECCV 2016, Section 3)."""
+
+    name: str = "drcn"
+    classify_weight: Probability = 0.7
+    """λ of DRCN's objective: ``λ L_c + (1 − λ) L_r`` (0.7 in the paper)."""
+    input_noise: Annotated[float, Range(ge=0, lt=1)] = 0.0
+    """Denoising: fraction of the reconstruction input's pixels set to zero (DRCN's impulse
+    noise); the decoder still reconstructs the clean image. 0 turns it off."""
+    augment: bool = False
+    """Geometric augmentation (rotation ±20°, shift ±20%) of the labelled source images in
+    ``classify``, where DRCN's code applies it; the reconstruction pairs stay unaugmented."""
+
+
+class DRCN(Method):
+    """DRCN (Ghifary et al., ECCV 2016, Section 3 objective, Algorithm 1) on T2 and its mirrored decoder.
+
+    Args:
+        config: the method's options.
+        target_net: T2, the encoder and label head.
+        decoder: T1, reading T2's coupling tap and returning an image.
+    """
+
+    Config = DrcnConfig
+    labelled_domain: Literal["source", "target"] = "source"
+    components: ClassVar[frozenset[Component]] = frozenset({"decoder"})
+
+    def __init__(self, config: DrcnConfig, *, target_net: TapNetwork, decoder: nn.Module) -> None:
+        super().__init__()
+        self.config = config
+        self.target_net = target_net
+        self.decoder = decoder
+
+    def stages(self, round_index: int) -> list[Stage]:
+        weight = self.config.classify_weight
+        reconstruct = Update(
+            "encoder_and_decoder",
+            (self.target_net, self.decoder),  # the label head is off this path: no gradient
+            self._reconstruct_target,
+            {"recon_target": 1.0 - weight},
+        )
+        classify = Update("target_net", (self.target_net,), self._classify, {"classify": weight})
+        return [
+            Stage("reconstruct_target", ("target",), (reconstruct,)),
+            Stage("classify", ("labelled",), (classify,)),
+        ]
+
+    def _reconstruct_target(self, batch: Batch) -> dict[str, Tensor]:
+        """``L_r``: reconstruct the clean target image from its (optionally) corrupted copy."""
+        clean = batch.x_tgt
+        noisy = impulse_noise(clean, self.config.input_noise) if self.training else clean
+        return {"recon_target": target_reconstruction_loss(self._decode(noisy), clean)}
+
+    def _classify(self, batch: Batch) -> dict[str, Tensor]:
+        """``L_c``: cross-entropy of T2 on labelled source images (optionally augmented)."""
+        x = random_affine(batch.x) if self.config.augment and self.training else batch.x
+        return {"classify": classification_loss(self.target_net(x), batch.y)}
+
+    def _decode(self, x: Tensor) -> Tensor:
+        coupling = self.target_net.coupling_tap
+        return self.decoder(self.target_net.forward_taps(x, [coupling])[coupling])
+
+    def reconstruct(self, x: Tensor) -> Tensor | None:
+        """T1(T2(x)), for the unsupervised reconstruction-based model selection."""
+        return self._decode(x)
+
+    def predict(self, x: Tensor) -> Tensor:
+        return self.target_net(x)
+
+    def trainable_networks(self) -> dict[str, nn.Module]:
+        return {"target_net": self.target_net, "decoder": self.decoder}

@@ -30,7 +30,14 @@ from cetl.errors import ConfigError
 from cetl.methods import METHODS, Method
 from cetl.networks import NETWORKS, TapNetwork, build_decoder
 from cetl.networks.coupling import source_adapter
-from cetl.source import FeatureCache, FrozenSource, source_from_run, source_from_torchvision
+from cetl.source import (
+    FeatureCache,
+    FrozenSource,
+    source_from_onnx,
+    source_from_run,
+    source_from_timm,
+    source_from_torchvision,
+)
 
 
 @dataclass(frozen=True)
@@ -148,11 +155,25 @@ def uses_source(config: ExperimentConfig) -> bool:
 
 
 def build_source(config: SourceConfig, *, run_dir: Path | None) -> FrozenSource:
-    """S from the source section; ``run_dir`` is the resolved run for ``source_only``/``run``."""
-    if config.kind == "torchvision":
+    """S from the source section; ``run_dir`` is the resolved run for ``source_only``/``run``/
+    ``experiment``. Only pretrained models and ONNX files read ``input_size``/``normalize``."""
+    options = {"tap": config.tap, "temperature": config.temperature}
+    preprocessing = {"input_size": config.input_size, "normalize": config.normalize}
+    if config.kind in ("torchvision", "timm"):
         if not config.model:
-            raise ConfigError("source.kind=torchvision needs source.model, e.g. resnet50:IMAGENET1K_V1")
-        return source_from_torchvision(config.model, tap=config.tap, temperature=config.temperature)
+            example = "resnet50:IMAGENET1K_V1" if config.kind == "torchvision" else "resnet18.a1_in1k"
+            raise ConfigError(f"source.kind={config.kind} needs source.model, e.g. {example}")
+        adapter = source_from_torchvision if config.kind == "torchvision" else source_from_timm
+        return adapter(config.model, **options, **preprocessing)
+    if config.kind == "onnx":
+        if not config.path:
+            raise ConfigError("source.kind=onnx needs source.path, the .onnx file")
+        return source_from_onnx(Path(config.path), **options, **preprocessing)
+    if config.input_size is not None or config.normalize != "auto":
+        raise ConfigError(
+            f"source.input_size and source.normalize apply to torchvision, timm and onnx sources; "
+            f"a source.kind={config.kind} network takes its own protocol's images (leave them unset)"
+        )
     if run_dir is None:
         raise ConfigError(f"source.kind={config.kind} needs a run folder (source.path)")
     return source_from_run(run_dir, tap=config.tap, temperature=config.temperature)

@@ -2,9 +2,15 @@
 
 from __future__ import annotations
 
+from cetl.methods.adversarial import ADDA, DANN
 from cetl.methods.base import Batch, Method, Stage, Update
 from cetl.methods.baselines import SourceOnly, TargetOnly
 from cetl.methods.cetl import CETL, Baseline, Cetl, CetlE, CetlE2E, CetlF, CetlFI, CetlU
+from cetl.methods.distillation import FSP, FitNets, KnowledgeDistillation
+from cetl.methods.drcn import DRCN
+from cetl.methods.fine_tune import FineTune
+from cetl.methods.mmd import WDAN
+from cetl.methods.subspace import SA
 from cetl.registry import Registry
 
 METHODS: Registry[type[Method]] = Registry(
@@ -19,5 +25,15 @@ METHODS.add("cetl_e", CetlE)
 METHODS.add("cetl_fi", CetlFI)
 METHODS.add("cetl", Cetl)
 METHODS.add("cetl_e2e", CetlE2E)
+METHODS.add("kd", KnowledgeDistillation)
+METHODS.add("fitnets", FitNets)
+METHODS.add("fsp", FSP)
+METHODS.add("dann", DANN)
+METHODS.add("adda", ADDA)
+METHODS.add("wdan", WDAN)
+METHODS.add("wda", WDAN)  # the CETL paper's name for WDAN (Table 5, [37])
+METHODS.add("drcn", DRCN)
+METHODS.add("sa", SA)
+METHODS.add("fine_tune", FineTune)  # Table 3's FT-VGG
 
 __all__ = ["CETL", "METHODS", "Batch", "Method", "Stage", "Update"]

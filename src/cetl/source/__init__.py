@@ -8,6 +8,8 @@ from cetl.source.adapters import (
 )
 from cetl.source.cache import FeatureCache
 from cetl.source.frozen import FrozenSource, InputTransform
+from cetl.source.onnx import source_from_onnx
+from cetl.source.timm_source import source_from_timm
 
 __all__ = [
     "FeatureCache",
@@ -15,6 +17,8 @@ __all__ = [
     "InputTransform",
     "source_from_callable",
     "source_from_network",
+    "source_from_onnx",
     "source_from_run",
+    "source_from_timm",
     "source_from_torchvision",
 ]

@@ -1,4 +1,5 @@
-"""Ways to obtain S: a run folder of this project, a torchvision model, any callable.
+"""Ways to obtain S: a run folder of this project, a torchvision model, any callable
+(timm models: :mod:`cetl.source.timm_source`; ONNX files: :mod:`cetl.source.onnx`).
 
 Each returns a :class:`FrozenSource` reading one tap:
 
@@ -13,7 +14,9 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from urllib.parse import urlparse
 
+import torch
 from torch import Tensor, nn
 
 from cetl.errors import CetlError, ConfigError
@@ -50,15 +53,59 @@ def source_from_run(run_dir: Path, *, tap: str, temperature: float) -> FrozenSou
     return source_from_network(net, tap=tap, temperature=temperature, description=f"run {run_dir}")
 
 
-def source_from_torchvision(spec: str, *, tap: str, temperature: float) -> FrozenSource:
+NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
+    "none": None,
+    "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),
+    "symmetric": ((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
+}
+"""``source.normalize`` choices besides ``auto``: per-channel (mean, std) after resizing."""
+
+Stats = tuple[tuple[float, ...], tuple[float, ...]]
+
+
+def resolve_input_transform(
+    *,
+    input_size: int | None,
+    normalize: str,
+    channels: int | None,
+    default_size: int | None,
+    default_stats: Stats | None,
+) -> InputTransform:
+    """S's input transform: the ``source.input_size``/``source.normalize`` options where set,
+    else the model's own preprocessing (``default_size``, ``default_stats``)."""
+    stats = default_stats if normalize == "auto" else NORMALIZATIONS[normalize]
+    mean, std = stats if stats is not None else (None, None)
+    if mean is not None and channels is not None and len(mean) != channels:
+        raise ConfigError(
+            f"source.normalize={normalize} has {len(mean)} channels but the source takes {channels}; "
+            f"use source.normalize=none"
+        )
+    return InputTransform(size=input_size or default_size, channels=channels, mean=mean, std=std)
+
+
+RANDOM_INIT_KWARGS: dict[str, dict[str, bool]] = {
+    "googlenet": {"aux_logits": False, "init_weights": True},
+    "inception_v3": {"aux_logits": False, "init_weights": True},
+}
+"""Builder arguments for random-weight torchvision models, so they have the pretrained
+architecture (the ImageNet weights drop the auxiliary heads) and no init warning."""
+
+
+def source_from_torchvision(
+    spec: str, *, tap: str, temperature: float, input_size: int | None = None, normalize: str = "auto"
+) -> FrozenSource:
     """S from ``NAME[:WEIGHTS]``, e.g. ``resnet50:IMAGENET1K_V1`` (``torchvision.models``).
 
     The weights' own preprocessing (input size, ImageNet mean and std) becomes S's input
-    transform; grey images are repeated to RGB.
+    transform; grey images are repeated to RGB. ``NAME:none`` builds random weights with the
+    default weights' preprocessing (smoke tests and benchmarks need no download); ``NAME``
+    alone is random with no resizing or normalisation. ``input_size`` and ``normalize``
+    override the preprocessing (:func:`resolve_input_transform`).
 
     Raises:
         ConfigError: unknown model or weights name.
-        CetlError: the weights are not in the torch hub cache and cannot be downloaded.
+        CetlError: the weights are not in the torch hub cache and cannot be downloaded; the
+            message names the file and the folder torchvision reads it from.
     """
     import torchvision.models as models
 
@@ -66,30 +113,44 @@ def source_from_torchvision(spec: str, *, tap: str, temperature: float) -> Froze
     if name not in models.list_models():
         raise ConfigError(f"unknown torchvision model '{name}'; see torchvision.models.list_models()")
     weights = None
-    transform = InputTransform(channels=3)
+    default_size: int | None = None
+    default_stats: Stats | None = None
     if weights_name:
         weights_enum = models.get_model_weights(name)
-        try:
-            weights = weights_enum[weights_name]
-        except KeyError:
-            known = [w.name for w in weights_enum]
-            raise ConfigError(
-                f"unknown weights '{weights_name}' for {name}; known: {', '.join(known)}"
-            ) from None
-        preprocess = weights.transforms()
-        transform = InputTransform(
-            size=int(preprocess.crop_size[0]),
-            channels=3,
-            mean=tuple(preprocess.mean),
-            std=tuple(preprocess.std),
-        )
+        if weights_name.lower() == "none":
+            preset = weights_enum.DEFAULT  # its preprocessing only, not its values
+        else:
+            try:
+                preset = weights = weights_enum[weights_name]
+            except KeyError:
+                known = [w.name for w in weights_enum]
+                raise ConfigError(
+                    f"unknown weights '{weights_name}' for {name}; known: {', '.join(known)}, "
+                    f"or 'none' for random weights"
+                ) from None
+        preprocess = preset.transforms()
+        default_size = int(preprocess.crop_size[0])
+        default_stats = (tuple(preprocess.mean), tuple(preprocess.std))
+    transform = resolve_input_transform(
+        input_size=input_size,
+        normalize=normalize,
+        channels=3,
+        default_size=default_size,
+        default_stats=default_stats,
+    )
+    kwargs = RANDOM_INIT_KWARGS.get(name, {}) if weights is None else {}
     try:
-        model = models.get_model(name, weights=weights)
-    except (OSError, RuntimeError) as error:  # URLError is an OSError
+        model = models.get_model(name, weights=weights, **kwargs)
+    except (OSError, RuntimeError) as error:  # URLError is an OSError; a truncated file a RuntimeError
+        if weights is None:
+            raise  # random weights read no file: not a download problem
+        file = Path(urlparse(weights.url).path).name
+        expected = Path(torch.hub.get_dir()) / "checkpoints" / file
         raise CetlError(
-            f"could not load the {spec} weights ({error}). Offline, put the weights file in "
-            f"the torch hub cache ($TORCH_HOME/hub/checkpoints, default ~/.cache/torch/hub/"
-            f"checkpoints) on a machine with internet first."
+            f"could not load the {spec} weights ({error}). Offline, put the weights file in the "
+            f"torch hub cache: download {weights.url} on a machine with internet and copy it to "
+            f"{expected} (torch.hub.get_dir()/checkpoints; $TORCH_HOME moves it). For random "
+            f"weights (smoke tests, benchmarks) use source.model={name}:none."
         ) from None
     if tap == "soft":
         extract, temp = logits_extractor, temperature

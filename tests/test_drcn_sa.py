@@ -242,7 +242,7 @@ def test_sa_errors_name_the_problem():
     torch.manual_seed(0)
     other = NETWORKS.get("drcn")(in_channels=1, image_size=28, num_classes=4)
     wrong = source_from_network(other, tap="coupling", temperature=4.0, description="drcn")
-    with pytest.raises(ConfigError, match="T2's architecture"):
+    with pytest.raises(ConfigError, match="reads S's features through T2, so S and T2 need one architecture"):
         make_method("sa", source=wrong)
 
 

@@ -208,13 +208,7 @@ def build_method(config: ExperimentConfig, info: DataInfo, *, source: FrozenSour
             raise ConfigError(f"method {config.method.name} needs a frozen source S (the source section)")
         parts["source"] = source
         if getattr(config.method, "target_init", "random") == "source":
-            try:
-                target_net.load_state_dict(source.model.state_dict())
-            except RuntimeError as error:
-                raise ConfigError(
-                    "method.target_init=source needs S and T2 of one architecture; "
-                    f"{error.args[0].splitlines()[0]}"
-                ) from None
+            source.copy_into(target_net, why="method.target_init=source starts T2 from S")
     if "decoder" in wanted:
         torch.manual_seed(seeded_generator(config.seed, "init", "decoder").initial_seed())
         parts["decoder"] = build_decoder(target_net)

@@ -32,14 +32,11 @@ from __future__ import annotations
 from collections.abc import Callable
 
 from cetl.config import (
-    DataConfig,
     ExperimentConfig,
     NetworkConfig,
-    OptimizerConfig,
     SourceConfig,
-    TrainConfig,
 )
-from cetl.errors import ConfigError
+from cetl.experiments.profiles import budget, profile_data
 
 ExperimentFn = Callable[[str], ExperimentConfig]
 
@@ -63,25 +60,8 @@ TABLE4: dict[tuple[str, str], float] = {
 
 def distillation_experiment(name: str, dataset: str, profile: str) -> ExperimentConfig:
     """A distillation config on ``dataset``: ResNet-26 teacher (S), CI-CNN student (T2)."""
-    if profile == "smoke":
-        data = DataConfig(
-            source=dataset,
-            target=dataset,
-            protocol="cifar",
-            source_train_limit=256,
-            target_train_limit=256,
-            test_limit=256,
-        )
-        train = TrainConfig(rounds=2, batch_size=64, max_steps_per_epoch=3, log_every=1, tensorboard=False)
-        optimizer = OptimizerConfig(lr=1e-3)
-    elif profile == "quick":
-        data = DataConfig(source=dataset, target=dataset, protocol="cifar")
-        train, optimizer = TrainConfig(rounds=8), OptimizerConfig(lr=1e-3)
-    elif profile == "paper":
-        data = DataConfig(source=dataset, target=dataset, protocol="cifar")
-        train, optimizer = TrainConfig(rounds=100), OptimizerConfig()
-    else:
-        raise ConfigError(f"unknown profile '{profile}' for {name}")
+    train, optimizer = budget(profile, name, paper_rounds=100)
+    data = profile_data(profile, source=dataset, target=dataset, protocol="cifar")
     return ExperimentConfig(
         experiment=name,
         setting="distillation",

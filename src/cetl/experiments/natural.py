@@ -13,33 +13,16 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from cetl.config import DataConfig, ExperimentConfig, NetworkConfig, OptimizerConfig, TrainConfig
-from cetl.errors import ConfigError
+from cetl.config import ExperimentConfig, NetworkConfig
+from cetl.experiments.profiles import budget, profile_data
 
 ExperimentFn = Callable[[str], ExperimentConfig]
 
 
 def natural_experiment(name: str, source: str, target: str, profile: str) -> ExperimentConfig:
     """A domain-adaptation config between STL-10 and CIFAR-10 (labelled ``source``)."""
-    if profile == "smoke":
-        data = DataConfig(
-            source=source,
-            target=target,
-            protocol="stl_cifar",
-            source_train_limit=256,
-            target_train_limit=256,
-            test_limit=256,
-        )
-        train = TrainConfig(rounds=2, batch_size=64, max_steps_per_epoch=3, log_every=1, tensorboard=False)
-        optimizer = OptimizerConfig(lr=1e-3)
-    elif profile == "quick":
-        data = DataConfig(source=source, target=target, protocol="stl_cifar")
-        train, optimizer = TrainConfig(rounds=8), OptimizerConfig(lr=1e-3)
-    elif profile == "paper":
-        data = DataConfig(source=source, target=target, protocol="stl_cifar")
-        train, optimizer = TrainConfig(rounds=50), OptimizerConfig()
-    else:
-        raise ConfigError(f"unknown profile '{profile}' for {name}")
+    train, optimizer = budget(profile, name)
+    data = profile_data(profile, source=source, target=target, protocol="stl_cifar")
     return ExperimentConfig(
         experiment=name,
         setting="domain_adaptation",

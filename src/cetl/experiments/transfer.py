@@ -56,7 +56,7 @@ from cetl.config import (
     SourceConfig,
     TrainConfig,
 )
-from cetl.errors import ConfigError
+from cetl.experiments.profiles import budget, profile_data
 from cetl.methods.cetl import CetlConfig
 
 ExperimentFn = Callable[[str], ExperimentConfig]
@@ -78,28 +78,13 @@ SMOKE_SOURCE_SIZE = 64
 
 
 def _budget(profile: str, name: str) -> tuple[TrainConfig, OptimizerConfig]:
-    if profile == "smoke":
-        train = TrainConfig(rounds=2, batch_size=16, max_steps_per_epoch=2, log_every=1, tensorboard=False)
-        return train, OptimizerConfig(lr=1e-3)
-    if profile == "quick":
-        return TrainConfig(rounds=30, batch_size=64), OptimizerConfig(lr=1e-3)
-    if profile == "paper":
-        return TrainConfig(rounds=50), OptimizerConfig()
-    raise ConfigError(f"unknown profile '{profile}' for {name}")
+    return budget(profile, name, quick_rounds=30, quick_batch=64, smoke_batch=16, smoke_steps=2)
 
 
 def _data(dataset: str, protocol: str, profile: str, *, limit: int | None = None) -> DataConfig:
     """Source = target = ``dataset``: every method here reads the target's own labels."""
-    if profile == "smoke":
-        limit = 64
-    return DataConfig(
-        source=dataset,
-        target=dataset,
-        protocol=protocol,  # type: ignore[arg-type]
-        source_train_limit=limit,
-        target_train_limit=limit,
-        test_limit=64 if profile == "smoke" else None,
-    )
+    limits = {} if limit is None else {"source_train_limit": limit, "target_train_limit": limit}
+    return profile_data(profile, source=dataset, target=dataset, protocol=protocol, smoke_images=64, **limits)
 
 
 def transfer_experiment(name: str, source: str, target: str, profile: str) -> ExperimentConfig:

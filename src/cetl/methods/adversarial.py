@@ -176,13 +176,7 @@ class ADDA(Method):
                 f"adda needs S to be a network of this project ({source.description} is not); use "
                 f"source.kind=source_only or source.kind=run"
             )
-        try:
-            target_net.load_state_dict(source.model.state_dict())
-        except RuntimeError as error:
-            raise ConfigError(
-                "adda initialises T2 from S, so S and T2 need one architecture; "
-                f"{error.args[0].splitlines()[0]}"
-            ) from None
+        source.copy_into(target_net, why="adda initialises T2 from S")
         self.config = config
         self.source = source
         self.target_net = target_net

@@ -242,13 +242,7 @@ class SA(Method):
 
     def __init__(self, config: SaConfig, *, target_net: TapNetwork, source: FrozenSource) -> None:
         super().__init__()
-        try:
-            target_net.load_state_dict(source.model.state_dict())
-        except RuntimeError as error:
-            raise ConfigError(
-                "method sa reads S's features through T2, so S must have T2's architecture (the "
-                f"source_only run of this experiment): {error.args[0].splitlines()[0]}"
-            ) from None
+        source.copy_into(target_net, why="method sa reads S's features through T2")
         _linear_head(target_net)  # fail now, not after S's features are read
         width = target_net.tap_shape(target_net.coupling_tap)
         if len(width) != 1 or config.dims > width[0]:

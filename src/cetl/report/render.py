@@ -49,15 +49,32 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
     return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
 
 
-def plot_curves(summaries: Sequence[dict[str, Any]], path: Path) -> None:
-    """Target test and validation accuracy per round, one line pair per run (PNG)."""
-    import io
-
+def _pyplot() -> Any:
+    """matplotlib's pyplot on the file-only Agg backend (imported late: only reports need it)."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    return plt
+
+
+def _finish(figure: Any, axis: Any, path: Path) -> None:
+    """Grid, legend and layout shared by every plot; the PNG is written atomically."""
+    import io
+
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="small")
+    figure.tight_layout()
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png")
+    _pyplot().close(figure)
+    atomic_write_bytes(path, buffer.getvalue())
+
+
+def plot_curves(summaries: Sequence[dict[str, Any]], path: Path) -> None:
+    """Target test and validation accuracy per round, one line pair per run (PNG)."""
+    plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for s in summaries:
         rounds = [h["round"] + 1 for h in s["history"]]
@@ -77,13 +94,7 @@ def plot_curves(summaries: Sequence[dict[str, Any]], path: Path) -> None:
         )
     axis.set_xlabel("round")
     axis.set_ylabel("accuracy (%)")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    _finish(figure, axis, path)
 
 
 def bound_series(history: Sequence[dict[str, Any]]) -> tuple[list[int], list[float], list[float]]:
@@ -101,29 +112,16 @@ def bound_series(history: Sequence[dict[str, Any]]) -> tuple[list[int], list[flo
 def plot_bound(summary: dict[str, Any], path: Path) -> bool:
     """The error bound of Eq. 14 per round, each side normalised by its maximum (the paper's
     Fig. 2), as a PNG; returns ``False`` (and writes nothing) when the run logged no bound."""
-    import io
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     rounds, lhs, rhs = bound_series(summary["history"])
     if not rounds:
         return False
-    figure, axis = plt.subplots(figsize=(5.6, 3.6), dpi=120)
+    figure, axis = _pyplot().subplots(figsize=(5.6, 3.6), dpi=120)
     axis.plot(rounds, lhs, marker="o", label="LHS: target error of T2")
     axis.plot(rounds, rhs, marker="s", label="RHS: e_S + 2d + 3·M1 + 2·M2")
     axis.set_xlabel("round")
     axis.set_ylabel("normalised by its maximum")
     axis.set_title(f"{summary['method']}, {summary['experiment']} (seed {summary['seed']})", fontsize="small")
-    axis.grid(alpha=0.3)
-    axis.legend(fontsize="small")
-    figure.tight_layout()
-    buffer = io.BytesIO()
-    figure.savefig(buffer, format="png")
-    plt.close(figure)
-    atomic_write_bytes(path, buffer.getvalue())
+    _finish(figure, axis, path)
     return True
 
 

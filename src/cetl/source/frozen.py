@@ -105,6 +105,20 @@ class FrozenSource(nn.Module):
             out = torch.softmax(out.float() / self.temperature, dim=1)
         return out
 
+    def copy_into(self, network: nn.Module, *, why: str) -> None:
+        """Load S's weights into ``network`` (ADDA's and SA's T2, ``target_init=source``).
+
+        Raises:
+            ConfigError: the architectures differ; the message starts with ``why``.
+        """
+        try:
+            network.load_state_dict(self.model.state_dict())
+        except RuntimeError as error:
+            raise ConfigError(
+                f"{why}, so S and T2 need one architecture (S: {self.description}); "
+                f"{error.args[0].splitlines()[0]}"
+            ) from None
+
     @torch.no_grad()
     def predict(self, x: Tensor) -> Tensor:
         """S's own logits (for the bound monitor and ``source_accuracy_on_target``)."""

@@ -26,9 +26,16 @@ FEATURE_BATCH = 512
 
 
 def cache_key(source: FrozenSource, images: Tensor) -> str:
-    """Hash of S's fingerprint and the exact images (shape, dtype, bytes)."""
+    """Hash of S's fingerprint, the exact images (shape, dtype, bytes) and the ambient autocast.
+
+    The engine fills the cache under the autocast its steps use (bf16 on CUDA), so features
+    computed with and without autocast differ slightly and must not share a file.
+    """
     digest = hashlib.sha256(source.fingerprint().encode())
     digest.update(f"{tuple(images.shape)}:{images.dtype}".encode())
+    device = images.device.type
+    if torch.is_autocast_enabled(device):
+        digest.update(f"autocast:{torch.get_autocast_dtype(device)}".encode())
     digest.update(images.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()[:32]
 
@@ -58,6 +65,10 @@ class FeatureCache:
                     for start in range(0, len(images), FEATURE_BATCH)
                 ]
             )
+            if features.dtype in (torch.float16, torch.bfloat16):
+                # Filled under autocast: keep its values but in float32, because code outside
+                # autocast (the Fisher estimate) feeds them to float32 layers.
+                features = features.float()
             if path is not None:
                 atomic_write_bytes(path, save_safetensors({"features": features.detach().cpu().contiguous()}))
         where = str(path) if path is not None else "memory"

@@ -156,7 +156,14 @@ def finished_run(tmp_path_factory) -> Path:
     if not root or not Path(root).is_dir():
         pytest.skip("needs CETL_DATA_ROOT")
     out = tmp_path_factory.mktemp("finished") / "run"
-    assert main([*SMOKE, "--data-root", root, "--out", str(out)]) == 0
+    # One thread, as the killed child process and the resumed runs use: float sums then agree
+    # bit for bit (with OMP_NUM_THREADS unset, as in CI, torch would use every core here).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*SMOKE, "--data-root", root, "--out", str(out)]) == 0
+    finally:
+        torch.set_num_threads(threads)
     return out
 
 

@@ -24,9 +24,9 @@ from cetl.networks import TapNetwork
 from cetl.source.frozen import (
     FrozenSource,
     InputTransform,
-    layer_extractor,
     logits_extractor,
     penultimate_extractor,
+    tap_extractor,
 )
 
 
@@ -152,14 +152,7 @@ def source_from_torchvision(
             f"{expected} (torch.hub.get_dir()/checkpoints; $TORCH_HOME moves it). For random "
             f"weights (smoke tests, benchmarks) use source.model={name}:none."
         ) from None
-    if tap == "soft":
-        extract, temp = logits_extractor, temperature
-    elif tap == "logits":
-        extract, temp = logits_extractor, None
-    elif tap == "coupling":
-        extract, temp = penultimate_extractor(model), None
-    else:
-        extract, temp = layer_extractor(model, tap), None
+    extract, temp = tap_extractor(model, tap, temperature, coupling=penultimate_extractor(model))
     return FrozenSource(
         model,
         extract=extract,

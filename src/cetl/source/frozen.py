@@ -185,3 +185,16 @@ def penultimate_extractor(model: nn.Module) -> Callable[[nn.Module, Tensor], Ten
 
 def logits_extractor(model: nn.Module, x: Tensor) -> Tensor:
     return model(x)
+
+
+def tap_extractor(
+    model: nn.Module, tap: str, temperature: float, *, coupling: Callable[[nn.Module, Tensor], Tensor]
+) -> tuple[Callable[[nn.Module, Tensor], Tensor], float | None]:
+    """(extract, temperature) for a ``source.tap`` name on a foreign model (torchvision, timm):
+    ``coupling`` is the library's own features-before-the-classifier reader, ``logits`` and
+    ``soft`` (softened by ``temperature``, D8) read the output, anything else a named layer."""
+    if tap == "coupling":
+        return coupling, None
+    if tap in ("logits", "soft"):
+        return logits_extractor, (temperature if tap == "soft" else None)
+    return layer_extractor(model, tap), None

@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from cetl.errors import CetlError, ConfigError
 from cetl.registry import did_you_mean
 from cetl.source.adapters import resolve_input_transform
-from cetl.source.frozen import FrozenSource, layer_extractor, logits_extractor
+from cetl.source.frozen import FrozenSource, tap_extractor
 
 INSTALL_HINT = 'pip install "cetl[timm]"'
 
@@ -77,12 +77,7 @@ def source_from_timm(
         default_size=int(height),
         default_stats=(tuple(data_config["mean"]), tuple(data_config["std"])),
     )
-    if tap == "coupling":
-        extract, temp = pre_logits, None
-    elif tap in ("logits", "soft"):
-        extract, temp = logits_extractor, (temperature if tap == "soft" else None)
-    else:
-        extract, temp = layer_extractor(model, tap), None
+    extract, temp = tap_extractor(model, tap, temperature, coupling=pre_logits)
     return FrozenSource(
         model,
         extract=extract,

@@ -18,9 +18,9 @@ from cetl.losses.reconstruction import source_reconstruction_loss, target_recons
 from cetl.methods import CETL, METHODS
 from cetl.networks import NETWORKS
 from cetl.source import FeatureCache, InputTransform, source_from_network
+from synthetic_runs import TRAIN, train_synthetic
 
 INFO = DataInfo(num_classes=4, channels=1, image_size=28, sizes={}, notes=())
-TRAIN = TrainConfig(rounds=2, batch_size=16, max_steps_per_epoch=2, tensorboard=False, progress=False)
 VARIANTS = [name for name in METHODS.names() if issubclass(METHODS.get(name), CETL)]
 
 
@@ -54,19 +54,6 @@ def run_update(method, stage, batch, lr=1e-2):
         loop.run_update(
             update, batch, optimizers[key], max_grad_norm=None, autocast=torch.autocast("cpu", enabled=False)
         )
-
-
-def train_synthetic(method, run_dir, *, train=TRAIN, resume=False):
-    """The engine on the synthetic data with Adam 1e-3 and seed 0."""
-    return loop.train(
-        method,
-        synthetic_training_data(),
-        train_config=train,
-        optimizer_config=OptimizerConfig(lr=1e-3),
-        seed=0,
-        run_dir=run_dir,
-        resume=resume,
-    )
 
 
 def batch_from(data, index=slice(0, 8)):

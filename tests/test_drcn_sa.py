@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 
 from cetl.build import DataInfo, build_method
-from cetl.config import OptimizerConfig, TrainConfig
+from cetl.config import TrainConfig
 from cetl.data.synthetic import synthetic_training_data
 from cetl.engine import loop
 from cetl.errors import ConfigError
@@ -19,9 +19,9 @@ from cetl.methods.drcn import DRCN
 from cetl.methods.subspace import SA, SubspaceAlignment, alignment_matrix, pca_basis, ridge_classifier
 from cetl.networks import NETWORKS
 from cetl.source import source_from_network
+from synthetic_runs import train_synthetic
 
 INFO = DataInfo(num_classes=4, channels=1, image_size=28, sizes={}, notes=())
-TRAIN = TrainConfig(rounds=2, batch_size=16, max_steps_per_epoch=2, tensorboard=False, progress=False)
 
 
 def make_source(seed: int = 7):
@@ -33,18 +33,6 @@ def make_source(seed: int = 7):
 def make_method(name: str, *, sets=(), source=None):
     config = resolve("digits_mn_to_us", method=name, profile="smoke", sets=list(sets))
     return build_method(config, INFO, source=source)
-
-
-def train_synthetic(method, run_dir, *, train=TRAIN, resume=False):
-    return loop.train(
-        method,
-        synthetic_training_data(),
-        train_config=train,
-        optimizer_config=OptimizerConfig(lr=1e-3),
-        seed=0,
-        run_dir=run_dir,
-        resume=resume,
-    )
 
 
 # --------------------------------------------------------------------------- corruptions

@@ -209,3 +209,25 @@ def test_unsupported_image_size_lists_the_sizes_that_work() -> None:
         NETWORKS.get("drcn")(in_channels=1, image_size=30, num_classes=NUM_CLASSES)
     with pytest.raises(ConfigError, match="num_classes must be a positive integer"):
         NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=0)
+
+
+def test_decoder_with_every_output_below_zero_recovers() -> None:
+    """A decoder pushed entirely below the clip (what mostly-black digits do to the DRCN net on a
+    GPU) must still learn: with a hard clamp no gradient reaches it and the loss never moves."""
+    torch.manual_seed(0)
+    net = _net("lenet", 28)
+    decoder = build_decoder(net)
+    last_conv = [m for m in decoder.modules() if isinstance(m, nn.Conv2d | nn.ConvTranspose2d)][-1]
+    with torch.no_grad():
+        last_conv.bias.fill_(-1.0)  # every output clipped to 0
+    features = torch.rand(BATCH, *net.tap_shape(net.coupling_tap))
+    images = torch.rand(BATCH, net.in_channels, net.image_size, net.image_size)
+    optimizer = torch.optim.Adam(decoder.parameters(), lr=1e-3)
+    losses = []
+    for _ in range(60):
+        loss = nn.functional.mse_loss(decoder(features), images)
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        losses.append(loss.item())
+    assert losses[-1] < 0.5 * losses[0], losses

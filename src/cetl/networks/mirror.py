@@ -34,6 +34,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 
+import torch
 from torch import Tensor, nn
 
 from cetl.errors import ConfigError
@@ -51,15 +52,31 @@ from cetl.networks.base import (
 
 
 class Clip01(nn.Module):
-    """Clamp to [0, 1], the pixel range of every dataset here.
+    """Clamp to [0, 1], the pixel range of every dataset here, with a leaky gradient outside it.
 
     METHOD.md §7 says the reconstruction is *clipped* to [0, 1], as DRCN's clipped-ReLU output
     layer: pixels the decoder already gets right inside the range keep an unsquashed, linear
     gradient (a sigmoid would shrink it near 0 and 1, where most digit pixels are).
+
+    The value is exactly the clamp. Its gradient outside the range is ``leak`` times the identity's
+    rather than zero: with a hard clamp, mostly-black digits can push every output below 0, where
+    no gradient ever reaches the decoder again (seen on a GPU with the DRCN net: L_r^s stuck at
+    mean(x²) from round 0 in CETL). Adam rescales a tiny but non-zero gradient to
+    full-size steps, so a dead decoder recovers, while in a live one the in-range pixels' gradient
+    outweighs the leak by orders of magnitude (a leak of 0.01 already changed the synthetic DWA
+    test's dynamics visibly; 1e-4 does not).
     """
 
+    def __init__(self, leak: float = 1e-4) -> None:
+        super().__init__()
+        self.leak = leak
+
     def forward(self, x: Tensor) -> Tensor:
-        return x.clamp(0.0, 1.0)
+        clipped = x.clamp(0.0, 1.0)
+        if not torch.is_grad_enabled() or self.leak == 0.0:
+            return clipped
+        outside = x - clipped
+        return clipped + self.leak * (outside - outside.detach())
 
 
 def build_decoder(net: TapNetwork) -> nn.Sequential:

@@ -15,6 +15,6 @@ nvidia-smi --query-gpu=name,memory.total,driver_version,clocks.max.sm --format=c
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__, \
 'cuda', torch.version.cuda, 'card', torch.cuda.get_device_name(0))"
 status=0
-timeout 480 python3 benchmarks/speed.py --out "$OUT/speed_gpu.json" || status=$?
+timeout "${SPEED_TIMEOUT:-480}" python3 benchmarks/speed.py --out "$OUT/speed_gpu.json" || status=$?
 [ -f "$OUT/speed_gpu.md" ] && cat "$OUT/speed_gpu.md"
 exit "$status"

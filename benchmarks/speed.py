@@ -706,6 +706,12 @@ def verdicts(result: dict[str, Any]) -> dict[str, dict[str, Any]]:
     return rows
 
 
+def _measured(result: dict[str, Any], part: str) -> dict[str, Any] | None:
+    """A part's measurements, or None when it was not run or failed (its error is listed)."""
+    found = result.get(part)
+    return None if not found or "error" in found else found
+
+
 def render_markdown(result: dict[str, Any]) -> str:
     lines = [
         f"# Speed benchmark ({result['mode']})",
@@ -718,7 +724,7 @@ def render_markdown(result: dict[str, Any]) -> str:
     ]
     for key, row in result["verdicts"].items():
         lines.append(f"| {key} | {row['value']:.3f} | {row['target']} | {'yes' if row['met'] else 'no'} |")
-    main = result.get("main")
+    main = _measured(result, "main")
     if main:
         lines += [
             "",
@@ -736,7 +742,7 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"| {name} | {s['steps']} | {s['seconds']:.2f} | {s['fisher_seconds']:.2f} | "
                 f"{s['images_per_second']:.0f} | {s['pass_seconds']:.4f} | {s['optimizer_seconds']:.4f} |"
             )
-    cache = result.get("cache")
+    cache = _measured(result, "cache")
     if cache:
         lines += [
             "",
@@ -744,14 +750,14 @@ def render_markdown(result: dict[str, Any]) -> str:
             f"{cache['warm_round_seconds']:.2f} s warm vs {cache['uncached_round_seconds']:.2f} s uncached; "
             f"filling the cache once took {cache['fill_seconds']:.2f} s.",
         ]
-    resident = result.get("resident")
+    resident = _measured(result, "resident")
     if resident:
         per_step = ", ".join(f"{k} {1000 * v:.2f} ms" for k, v in resident["seconds_per_step"].items())
         lines += [
             "",
             f"Data path ({resident['network']}, batch {resident['batch_size']}): {per_step} per step.",
         ]
-    ceilings = result.get("ceilings")
+    ceilings = _measured(result, "ceilings")
     if ceilings:
         lines += [
             "",
@@ -771,13 +777,20 @@ def render_markdown(result: dict[str, Any]) -> str:
                 f"| engine `cetl` classify stage, batch 128, bf16 autocast | — | {stage:,.0f} "
                 f"({stage / ceilings['drcn_b128_fp32']:.0%} of this card's batch-128 ceiling) |"
             )
-    syncs = result.get("syncs")
+    syncs = _measured(result, "syncs")
     if syncs:
         lines += [
             "",
             f"Host synchronisations per training step: {syncs['syncs_per_step']:.2f} (one round: "
             f"{syncs['syncs_per_round']} with 5 and 15 steps per stage).",
         ]
+    failed = [
+        f"- {part}: {found['error']}"
+        for part, found in result.items()
+        if isinstance(found, dict) and "error" in found
+    ]
+    if failed:
+        lines += ["", "Failed parts (not measured):", "", *failed]
     if result.get("notes"):
         lines += ["", "Notes:", "", *(f"- {note}" for note in result["notes"])]
     return "\n".join(lines) + "\n"
@@ -818,7 +831,11 @@ def run(
         parts.append(("ceilings", lambda: measure_ceilings(spec, device)))
     for name, measure in parts:
         part_started = time.perf_counter()
-        result[name] = measure()
+        try:
+            result[name] = measure()
+        except Exception as error:  # one failed part must not lose the others
+            result[name] = {"error": f"{type(error).__name__}: {error}"}
+            print(f"speed: {name} failed: {result[name]['error']}", file=sys.stderr)
         result[name]["part_seconds"] = time.perf_counter() - part_started
         result["seconds"] = time.perf_counter() - started
         write(result, out)

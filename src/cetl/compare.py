@@ -25,13 +25,14 @@ from pathlib import Path
 from typing import Any
 
 from cetl.build import uses_source
-from cetl.config import merge, to_dict
+from cetl.config import ExperimentConfig, merge, to_dict
 from cetl.data.root import DataRoot
 from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
 from cetl.errors import ConfigError, RunError
 from cetl.experiments import resolve
 from cetl.experiments.paper import paper_accuracy
 from cetl.methods import METHODS
+from cetl.report.tables import format_duration
 from cetl.runs import LAST_CHECKPOINT, config_differences, read_config, read_summary, train_run
 
 ORACLE_METHODS = frozenset({"target_only"})
@@ -84,6 +85,39 @@ def parse_methods(text: str) -> list[str]:
     return methods
 
 
+def cell_config(
+    experiment: str, method: str, seed: int, *, profile: str, sets: Sequence[str], out: Path
+) -> ExperimentConfig:
+    """The config of one cell; S is the same seed's ``source_only`` cell beside it."""
+    config = resolve(experiment, method=method, profile=profile, seed=seed, sets=list(sets))
+    if uses_source(config) and config.source.kind == "source_only" and not config.source.path:
+        # S of this seed inside the comparison's own folder: the source_only cell, or a teacher's
+        # folder beside it when S is another network than T2 (distillation).
+        teacher = config.source.network
+        folder = "source_only" if teacher in (None, config.network.name) else f"source_only-{teacher}"
+        shared_s = cell_dir(out, experiment, profile, folder, seed)
+        config = merge(config, {"source": {"path": str(shared_s)}})
+    return config
+
+
+def finished_cell(run_dir: Path, config: ExperimentConfig) -> dict[str, Any] | None:
+    """The summary of a cell finished with ``config``, ``None`` while unfinished.
+
+    Raises:
+        RunError: the cell finished with another config (never silently reused).
+    """
+    finished = read_summary(run_dir)
+    if finished is not None:
+        # Compared through the schema: fields added since the cell ran take their defaults.
+        differences = config_differences(to_dict(read_config(run_dir)), to_dict(config))
+        if differences:
+            raise RunError(
+                f"the finished cell '{run_dir}' was trained with another config (changed: "
+                f"{', '.join(differences)}); compare into another --out, or move the cell away"
+            )
+    return finished
+
+
 def run_cell(
     experiment: str,
     method: str,
@@ -96,23 +130,9 @@ def run_cell(
 ) -> dict[str, Any]:
     """Train one cell (or return its finished summary); S is the same seed's ``source_only`` cell."""
     run_dir = cell_dir(out, experiment, profile, method, seed)
-    config = resolve(experiment, method=method, profile=profile, seed=seed, sets=list(sets))
-    if uses_source(config) and config.source.kind == "source_only" and not config.source.path:
-        # S of this seed inside the comparison's own folder: the source_only cell, or a teacher's
-        # folder beside it when S is another network than T2 (distillation).
-        teacher = config.source.network
-        folder = "source_only" if teacher in (None, config.network.name) else f"source_only-{teacher}"
-        shared_s = cell_dir(out, experiment, profile, folder, seed)
-        config = merge(config, {"source": {"path": str(shared_s)}})
-    finished = read_summary(run_dir)
+    config = cell_config(experiment, method, seed, profile=profile, sets=sets, out=out)
+    finished = finished_cell(run_dir, config)
     if finished is not None:
-        # Compared through the schema: fields added since the cell ran take their defaults.
-        differences = config_differences(to_dict(read_config(run_dir)), to_dict(config))
-        if differences:
-            raise RunError(
-                f"the finished cell '{run_dir}' was trained with another config (changed: "
-                f"{', '.join(differences)}); compare into another --out, or move the cell away"
-            )
         return finished
     return train_run(
         config, run_dir=run_dir, data_root=data_root, resume=(run_dir / LAST_CHECKPOINT).exists()
@@ -182,12 +202,9 @@ def format_table(rows: Sequence[MethodRow], *, reference: str) -> str:
     return "\n".join(lines) + "\n"
 
 
-def _format_eta(seconds: float) -> str:
-    if not math.isfinite(seconds):
-        return "?"
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+def format_eta(seconds: float) -> str:
+    """``3725`` → ``1h02m``, ``75`` → ``1m15s``; ``?`` while nothing has been timed."""
+    return format_duration(seconds) if math.isfinite(seconds) else "?"
 
 
 def compare(
@@ -231,7 +248,7 @@ def compare(
         )
         eta = statistics.fmean(trained_seconds) * remaining if trained_seconds else math.nan
         took = "reused" if was_finished else f"{summary['wall_seconds']:.0f} s"
-        eta_text = f"; ETA {_format_eta(eta)}" if remaining else ""
+        eta_text = f"; ETA {format_eta(eta)}" if remaining else ""
         log(
             f"[{number}/{len(cells)}] {experiment} {method} seed {seed}: "
             f"{100 * summary['target_test_accuracy']:.2f}% ({took}){eta_text}"

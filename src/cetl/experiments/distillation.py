@@ -36,6 +36,7 @@ from cetl.config import (
     NetworkConfig,
     SourceConfig,
 )
+from cetl.experiments.paper import TABLES, paper_numbers
 from cetl.experiments.profiles import budget, profile_data
 
 ExperimentFn = Callable[[str], ExperimentConfig]
@@ -45,17 +46,9 @@ STUDENT_NETWORK = "ci_cnn"
 TEMPERATURE = 4.0
 """τ of D8, on both sides."""
 
-TABLE4: dict[tuple[str, str], float] = {
-    (method, experiment): number
-    for experiment, numbers in {
-        "kd_cifar10": (91.86, 87.55, 88.45, 88.57, 88.70, 89.11),
-        "kd_cifar100": (65.23, 60.71, 61.03, 61.28, 63.33, 64.83),
-    }.items()
-    for method, number in zip(
-        ("teacher", "target_only", "kd", "fitnets", "fsp", "cetl"), numbers, strict=True
-    )
-}
-"""The CETL paper's Table 4 (test accuracy in %), keyed by (method, experiment); ``teacher`` is S."""
+TABLE4 = paper_numbers(TABLES["table4"])
+"""The CETL paper's Table 4 (test accuracy in %), keyed by (method, experiment), from
+:mod:`cetl.experiments.paper`; ``teacher`` is S."""
 
 
 def distillation_experiment(name: str, dataset: str, profile: str) -> ExperimentConfig:

@@ -1,11 +1,61 @@
-"""Numbers the CETL paper reports (METHOD.md §8), as data, for reports to set beside ours.
+"""The CETL paper's Tables 2–5 as data: the one place its numbers live (METHOD.md §8).
 
-Table 5 (digit and STL/CIFAR domain adaptation, target test accuracy in %). Keys are
-(method, experiment); rows without a runnable method here are kept under their paper name
-so a report can still show them.
+A table is a grid of :class:`Cell` objects: the paper's row and column labels, the shipped
+experiment and registered method that reproduce the cell, and the paper's number (test
+accuracy in %). A cell the paper leaves blank ("–") is simply absent; a cell with
+``paper=None`` is one we run although the paper reports no number (Table 5's oracle row).
+``cetl reproduce`` runs cells; ``cetl report`` lays measured numbers out beside them;
+``cetl compare`` and the demo read :func:`paper_accuracy` for their "paper" column.
+
+This module imports no other part of cetl (experiments import it); a test checks that every
+cell names a registered experiment and method.
 """
 
 from __future__ import annotations
+
+from dataclasses import dataclass
+
+TEACHER = "teacher"
+"""Pseudo-method of Table 4's "Teacher" row: S itself, i.e. the teacher run every student of the
+same seed reads (``source_only-<network>`` beside the students), not a method to train."""
+ORACLE = "target_only"
+"""Trained on target labels: in domain adaptation an upper bound, never a result."""
+
+
+@dataclass(frozen=True)
+class Cell:
+    """One number of a paper table and how to reproduce it."""
+
+    row: str
+    column: str
+    experiment: str
+    method: str
+    """A registered method, or :data:`TEACHER`."""
+    paper: float | None
+    also: tuple[str, ...] = ()
+    """Other experiments whose run of ``method`` is the same cell (T2 trained alone ignores S, so
+    Table 3's "Baseline" is one run per target, whichever source the experiment names)."""
+
+    @property
+    def id(self) -> str:
+        """``EXPERIMENT/METHOD``, the name ``--only`` accepts (the cells' folder layout)."""
+        return f"{self.experiment}/{self.method}"
+
+
+@dataclass(frozen=True)
+class Table:
+    """A paper table: its labels in the paper's order and its cells."""
+
+    name: str
+    title: str
+    rows: tuple[str, ...]
+    columns: tuple[str, ...]
+    cells: tuple[Cell, ...]
+
+    def cell(self, row: str, column: str) -> Cell | None:
+        """The cell at (row, column), or ``None`` where the paper has a dash."""
+        return next((c for c in self.cells if c.row == row and c.column == column), None)
+
 
 TABLE5_COLUMNS = {
     "digits_mn_to_us": "MN→US",
@@ -17,23 +67,158 @@ TABLE5_COLUMNS = {
 }
 
 _TABLE5_ROWS = {
-    "source_only": (85.55, 65.77, 62.33, 25.95, 54.17, 63.61),
-    "sa": (85.89, 51.54, 63.17, 28.52, 54.04, 62.88),
-    "dann": (91.11, 74.01, 73.91, 35.67, 56.91, 66.12),
-    "drcn": (91.80, 88.67, 81.97, 40.05, 58.86, 66.37),
-    "adda": (89.40, 90.10, 76.00, None, None, None),
-    "wda": (72.30, 65.50, 67.30, 23.5, None, None),
-    "cetl": (92.96, 90.89, 83.33, 45.27, 60.11, 66.39),
+    "source_only": ("Source", (85.55, 65.77, 62.33, 25.95, 54.17, 63.61)),
+    "sa": ("SA", (85.89, 51.54, 63.17, 28.52, 54.04, 62.88)),
+    "dann": ("ReverseGrad (DANN)", (91.11, 74.01, 73.91, 35.67, 56.91, 66.12)),
+    "drcn": ("DRCN", (91.80, 88.67, 81.97, 40.05, 58.86, 66.37)),
+    "adda": ("ADDA", (89.40, 90.10, 76.00, None, None, None)),
+    "wda": ("WDA", (72.30, 65.50, 67.30, 23.5, None, None)),
+    "cetl": ("CETL", (92.96, 90.89, 83.33, 45.27, 60.11, 66.39)),
 }
+_ORACLE_ROW = "Target only (oracle, not in the paper)"
 
-TABLE5: dict[tuple[str, str], float] = {
-    (method, experiment): number
-    for method, numbers in _TABLE5_ROWS.items()
-    for experiment, number in zip(TABLE5_COLUMNS, numbers, strict=True)
-    if number is not None
+
+def _table5() -> Table:
+    cells = [
+        Cell(row, TABLE5_COLUMNS[experiment], experiment, method, number)
+        for method, (row, numbers) in _TABLE5_ROWS.items()
+        for experiment, number in zip(TABLE5_COLUMNS, numbers, strict=True)
+        if number is not None
+    ]
+    # The eighth row: T2 trained on target labels, the ceiling every DA number sits under.
+    cells += [
+        Cell(_ORACLE_ROW, label, experiment, ORACLE, None) for experiment, label in TABLE5_COLUMNS.items()
+    ]
+    return Table(
+        name="table5",
+        title="Comparison on domain adaptation",
+        rows=(*(row for row, _ in _TABLE5_ROWS.values()), _ORACLE_ROW),
+        columns=tuple(TABLE5_COLUMNS.values()),
+        cells=tuple(cells),
+    )
+
+
+_TABLE2_COLUMNS = {
+    "baseline": "Baseline",
+    "cetl_f": "CETL_f",
+    "cetl_u": "CETL_u",
+    "cetl_e": "CETL_e",
+    "cetl_fi": "CETL_fi",
+    "cetl": "CETL",
 }
+_TABLE2_ROW = "CIFAR-10-s, S = AlexNet"
+
+
+def _table2() -> Table:
+    numbers = (61.29, 62.41, 62.63, 63.97, 64.19, 65.33)
+    return Table(
+        name="table2",
+        title="Comparison of different configurations of CETL",
+        rows=(_TABLE2_ROW,),
+        columns=tuple(_TABLE2_COLUMNS.values()),
+        cells=tuple(
+            Cell(_TABLE2_ROW, label, "tl_alexnet_to_cifar10s", method, number)
+            for (method, label), number in zip(_TABLE2_COLUMNS.items(), numbers, strict=True)
+        ),
+    )
+
+
+_TABLE3_SOURCES = {
+    "alexnet": "AlexNet",
+    "vgg16": "VGG",
+    "googlenet": "GoogLeNet",
+    "resnet50": "ResNet-50",
+    "cicnn_cifar100": "CI-CNN",
+}
+"""Keys are ``cetl.experiments.transfer``'s source names (``tl_<source>_to_<target>``)."""
+_TABLE3_TARGETS = {"cifar10s": "CIFAR-10-s + CI-CNN", "stl10": "STL-10 + CI-CNN"}
+
+
+def _table3() -> Table:
+    numbers = {
+        "cifar10s": (65.33, 65.57, 65.14, 64.37, None),
+        "stl10": (62.98, 62.61, 62.30, 62.77, 65.49),
+    }
+    cells = [
+        Cell(row, _TABLE3_TARGETS[target], f"tl_{source}_to_{target}", "cetl", number)
+        for target, row_numbers in numbers.items()
+        for (source, row), number in zip(_TABLE3_SOURCES.items(), row_numbers, strict=True)
+        if number is not None
+    ]
+    for target, (baseline, fine_tuned) in {"cifar10s": (61.29, 61.35), "stl10": (60.52, 61.17)}.items():
+        column = _TABLE3_TARGETS[target]
+        same_run = tuple(f"tl_{source}_to_{target}" for source in _TABLE3_SOURCES if source != "alexnet")
+        cells.append(Cell("Baseline", column, f"tl_alexnet_to_{target}", ORACLE, baseline, also=same_run))
+        cells.append(Cell("FT-VGG", column, f"tl_vgg16_to_{target}", "fine_tune", fine_tuned))
+    return Table(
+        name="table3",
+        title="Comparison of different source networks",
+        rows=(*_TABLE3_SOURCES.values(), "Baseline", "FT-VGG"),
+        columns=tuple(_TABLE3_TARGETS.values()),
+        cells=tuple(cells),
+    )
+
+
+_TABLE4_ROWS = {
+    TEACHER: "Teacher",
+    "target_only": "Student",
+    "fitnets": "FitNets",
+    "kd": "Soft-targets",
+    "fsp": "FSP DNN",
+    "cetl": "CETL",
+}
+_TABLE4_COLUMNS = {"kd_cifar10": "CIFAR-10", "kd_cifar100": "CIFAR-100"}
+
+
+def _table4() -> Table:
+    numbers = {
+        "kd_cifar10": (91.86, 87.55, 88.57, 88.45, 88.70, 89.11),
+        "kd_cifar100": (65.23, 60.71, 61.28, 61.03, 63.33, 64.83),
+    }
+    return Table(
+        name="table4",
+        title="Comparison on knowledge distillation",
+        rows=tuple(_TABLE4_ROWS.values()),
+        columns=tuple(_TABLE4_COLUMNS.values()),
+        cells=tuple(
+            Cell(row, _TABLE4_COLUMNS[experiment], experiment, method, number)
+            for experiment, column_numbers in numbers.items()
+            for (method, row), number in zip(_TABLE4_ROWS.items(), column_numbers, strict=True)
+        ),
+    )
+
+
+TABLES: dict[str, Table] = {table.name: table for table in (_table2(), _table3(), _table4(), _table5())}
+"""Every table ``cetl reproduce`` knows, by name (``cetl list tables``)."""
+
+
+def paper_numbers(table: Table) -> dict[tuple[str, str], float]:
+    """``(method, experiment) -> number`` for the cells of ``table`` that the paper reports,
+    including the experiments a cell's run also stands for (:attr:`Cell.also`)."""
+    return {
+        (cell.method, experiment): cell.paper
+        for cell in table.cells
+        if cell.paper is not None
+        for experiment in (cell.experiment, *cell.also)
+    }
+
+
+def _all_numbers() -> dict[tuple[str, str], float]:
+    """One lookup over all tables; a cell in two tables (Table 2's and 3's CETL with AlexNet)
+    must carry one number, checked here so a typo in one table cannot hide."""
+    merged: dict[tuple[str, str], float] = {}
+    for table in TABLES.values():
+        for key, number in paper_numbers(table).items():
+            if merged.setdefault(key, number) != number:
+                raise AssertionError(f"paper tables disagree on {key}: {merged[key]} vs {number}")
+    return merged
+
+
+PAPER_NUMBERS = _all_numbers()
+TABLE5 = paper_numbers(TABLES["table5"])
+"""Table 5 alone, keyed by (method, experiment)."""
 
 
 def paper_accuracy(method: str, experiment: str) -> float | None:
-    """The paper's number (in %) for a cell, or ``None`` where the paper has none."""
-    return TABLE5.get((method, experiment))
+    """The paper's number (in %) for a (method, experiment) cell of any table, or ``None``."""
+    return PAPER_NUMBERS.get((method, experiment))

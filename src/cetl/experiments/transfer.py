@@ -56,6 +56,7 @@ from cetl.config import (
     SourceConfig,
     TrainConfig,
 )
+from cetl.experiments.paper import TABLES, paper_numbers
 from cetl.experiments.profiles import budget, profile_data
 from cetl.methods.cetl import CetlConfig
 
@@ -157,34 +158,10 @@ EXPERIMENTS["pretrain_cicnn_mnist"] = lambda profile: pretrain_experiment(
     "pretrain_cicnn_mnist", "mnist", profile, quick_limit=10_000
 )
 
-TABLE3: dict[tuple[str, str], float] = {
-    **{
-        ("cetl", f"tl_{source}_to_{target}"): number
-        for target, numbers in {
-            "cifar10s": (65.33, 65.57, 65.14, 64.37, None),
-            "stl10": (62.98, 62.61, 62.30, 62.77, 65.49),
-        }.items()
-        for source, number in zip((*IMAGENET_SOURCES, "cicnn_cifar100"), numbers, strict=True)
-        if number is not None
-    },
-    **{
-        ("target_only", f"tl_{source}_to_{target}"): number
-        for target, number in {"cifar10s": 61.29, "stl10": 60.52}.items()
-        for source in (*IMAGENET_SOURCES, "cicnn_cifar100")
-    },
-    ("fine_tune", "tl_vgg16_to_cifar10s"): 61.35,
-    ("fine_tune", "tl_vgg16_to_stl10"): 61.17,
-}
-"""The CETL paper's Table 3 (test accuracy in %), keyed by (method, experiment). "Baseline"
-(CI-CNN trained directly) is ``target_only`` and does not depend on S; the paper has no
-CI-CNN (CIFAR-100) → CIFAR-10-s cell."""
+TABLE3 = paper_numbers(TABLES["table3"])
+"""The CETL paper's Table 3 (test accuracy in %), keyed by (method, experiment), from
+:mod:`cetl.experiments.paper`. "Baseline" (CI-CNN trained directly) is ``target_only`` and does
+not depend on S; the paper has no CI-CNN (CIFAR-100) → CIFAR-10-s cell."""
 
-TABLE2: dict[tuple[str, str], float] = {
-    (method, "tl_alexnet_to_cifar10s"): number
-    for method, number in zip(
-        ("baseline", "cetl_f", "cetl_u", "cetl_e", "cetl_fi", "cetl"),
-        (61.29, 62.41, 62.63, 63.97, 64.19, 65.33),
-        strict=True,
-    )
-}
+TABLE2 = paper_numbers(TABLES["table2"])
 """The CETL paper's Table 2: CETL's configurations on CIFAR-10-s with AlexNet as S."""

@@ -60,11 +60,16 @@ def _pyplot() -> Any:
 
 
 def _finish(figure: Any, axis: Any, path: Path) -> None:
-    """Grid, legend and layout shared by every plot; the PNG is written atomically."""
-    import io
-
+    """Grid, legend and layout shared by every single-panel plot, then :func:`_save`."""
     axis.grid(alpha=0.3)
     axis.legend(fontsize="small")
+    _save(figure, path)
+
+
+def _save(figure: Any, path: Path) -> None:
+    """Lay out, render and close ``figure``; the PNG is written atomically."""
+    import io
+
     figure.tight_layout()
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png")
@@ -151,3 +156,83 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: Path, *, title: s
     path = out_dir / "report.md"
     atomic_write_text(path, text)
     return path
+
+
+def mean_curve(summaries: Sequence[dict[str, Any]]) -> tuple[list[int], list[float]]:
+    """(rounds, mean target test accuracy in %) over runs, at the rounds every run evaluated.
+
+    Seeds of one cell share a schedule, so this is the cell's learning curve; a round that one
+    seed lacks (an unfinished history) is left out rather than averaged over fewer seeds.
+    """
+    per_round: dict[int, list[float]] = {}
+    for s in summaries:
+        for record in s["history"]:
+            if "target_test_accuracy" in record:
+                per_round.setdefault(record["round"], []).append(record["target_test_accuracy"])
+    rounds = sorted(r for r, values in per_round.items() if len(values) == len(summaries))
+    return [r + 1 for r in rounds], [100 * sum(per_round[r]) / len(per_round[r]) for r in rounds]
+
+
+def plot_mean_curves(
+    groups: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path, *, title: str
+) -> bool:
+    """One learning curve per (label, runs) group, mean over its runs (PNG); ``False`` (and no
+    file) when no group has an evaluation record."""
+    series = [(label, *mean_curve(runs)) for label, runs in groups]
+    series = [(label, rounds, values) for label, rounds, values in series if rounds]
+    if not series:
+        return False
+    figure, axis = _pyplot().subplots(figsize=(6.4, 4.0), dpi=120)
+    for label, rounds, values in series:
+        axis.plot(rounds, values, marker="o", markersize=3, label=label)
+    axis.set_xlabel("round")
+    axis.set_ylabel("target test accuracy (%), mean over seeds")
+    axis.set_title(title, fontsize="small")
+    _finish(figure, axis, path)
+    return True
+
+
+GFI_NAMES = ("gfi1", "gfi2", "gfi3")
+
+
+def gfi_kept_series(
+    stage_records: Sequence[dict[str, Any]],
+) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """``{gfi: {layer: (rounds, kept fraction)}}`` from a run's ``kind: stage`` records.
+
+    CETL logs ``gfiK_kept/<parameter>`` after the stage that computes GFI K (METHOD.md §3); a
+    layer is its weight tensor (biases hold a few dozen values each and only add noise).
+    """
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for record in stage_records:
+        for key, value in record.items():
+            name, slash, parameter = key.partition("_kept/")
+            if not slash or name not in GFI_NAMES or not parameter.endswith(".weight"):
+                continue
+            rounds, values = series.setdefault(name, {}).setdefault(
+                parameter.removesuffix(".weight"), ([], [])
+            )
+            rounds.append(record["round"] + 1)
+            values.append(value)
+    return series
+
+
+def plot_gfi_kept(stage_records: Sequence[dict[str, Any]], path: Path, *, title: str) -> bool:
+    """GFI's kept fraction per layer over rounds, one panel per GFI (PNG); ``False`` (and no
+    file) when the run logged no GFI (a method without DWA, or plain Fisher)."""
+    series = gfi_kept_series(stage_records)
+    if not series:
+        return False
+    plt = _pyplot()
+    figure, axes = plt.subplots(1, len(series), figsize=(4.2 * len(series), 3.6), dpi=120, squeeze=False)
+    for axis, (name, layers) in zip(axes[0], sorted(series.items()), strict=True):
+        for layer, (rounds, values) in layers.items():
+            axis.plot(rounds, values, marker="o", markersize=3, label=layer)
+        axis.set_title(name.upper(), fontsize="small")
+        axis.set_xlabel("round")
+        axis.grid(alpha=0.3)
+        axis.legend(fontsize="x-small")
+    axes[0][0].set_ylabel("fraction of Fisher values kept")
+    figure.suptitle(title, fontsize="small")
+    _save(figure, path)
+    return True

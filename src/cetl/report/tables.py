@@ -1,0 +1,323 @@
+"""A paper table with our numbers beside the paper's: ``report.md``, ``results.json`` and plots.
+
+Input is per cell the finished runs (one per seed) or the reason there are none; output is
+the table laid out as in the paper, each paper number beside the measured mean ± std over
+seeds, then learning curves, the error-bound plot (Fig. 2) and GFI's kept fraction per layer.
+Measured numbers are each run's ``target_test_accuracy``, the model its own selection rule
+chose; ``oracle_*`` fields (best round by target labels) are never read here.
+
+Text is built by pure functions so tests can check it exactly; ``cetl reproduce`` and
+``cetl report`` both write through :func:`write_table_report`.
+"""
+
+from __future__ import annotations
+
+import re
+import statistics
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
+from cetl.experiments.paper import Cell, Table
+from cetl.report.collect import Run, stage_records
+from cetl.report.render import plot_bound, plot_gfi_kept, plot_mean_curves
+
+REPORT_FILE = "report.md"
+RESULTS_FILE = "results.json"
+SUBSET_MARK = "†"
+
+
+@dataclass(frozen=True)
+class CellResult:
+    """One cell: its finished runs (one per seed), or why it has none."""
+
+    cell: Cell
+    runs: tuple[Run, ...] = ()
+    reason: str = ""
+    """Why no run is shown: ``not run: ...`` (cannot run here), ``failed: ...``, ``pending: ...``."""
+
+    @property
+    def measured(self) -> bool:
+        return bool(self.runs)
+
+    @property
+    def accuracies(self) -> tuple[float, ...]:
+        """Per seed, in %: the selected model's target test accuracy."""
+        return tuple(100 * run.summary["target_test_accuracy"] for run in self.runs)
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation over seeds (0 for one seed)."""
+        return statistics.stdev(self.accuracies) if len(self.runs) > 1 else 0.0
+
+    @property
+    def selected_by(self) -> str:
+        return ", ".join(sorted({run.summary["selected_by"] for run in self.runs}))
+
+    @property
+    def data_variants(self) -> dict[str, str]:
+        """Dataset → ``full`` or ``subset``, over the cell's runs (a subset anywhere wins)."""
+        variants: dict[str, str] = {}
+        for run in self.runs:
+            for name, variant in run.summary.get("data_variants", {}).items():
+                variants[name] = "subset" if "subset" in (variant, variants.get(name)) else variant
+        return variants
+
+    @property
+    def data(self) -> str:
+        return "subset" if "subset" in self.data_variants.values() else "full"
+
+    @property
+    def wall_seconds(self) -> float:
+        """Training seconds summed over seeds (S's own training is its own cell's)."""
+        return sum(float(run.summary["wall_seconds"]) for run in self.runs)
+
+    def to_json(self) -> dict[str, Any]:
+        cell = self.cell
+        entry: dict[str, Any] = {
+            "id": cell.id,
+            "row": cell.row,
+            "column": cell.column,
+            "experiment": cell.experiment,
+            "method": cell.method,
+            "paper": cell.paper,
+            "status": "measured" if self.measured else self.reason.partition(":")[0],
+            "reason": self.reason,
+        }
+        if self.measured:
+            entry |= {
+                "n": len(self.runs),
+                "seeds": [run.seed for run in self.runs],
+                "accuracies": list(self.accuracies),
+                "mean": self.mean,
+                "std": self.std,
+                "selected_by": self.selected_by,
+                "profile": self.runs[0].summary["profile"],
+                "data": self.data,
+                "data_variants": self.data_variants,
+                "wall_seconds": round(self.wall_seconds, 2),
+                "runs": [str(run.path) for run in self.runs if run.path is not None],
+            }
+        return entry
+
+
+@dataclass(frozen=True)
+class TableResult:
+    """A table and the result of each of its cells, in the table's cell order."""
+
+    table: Table
+    cells: tuple[CellResult, ...]
+
+    def at(self, row: str, column: str) -> CellResult | None:
+        return next((c for c in self.cells if c.cell.row == row and c.cell.column == column), None)
+
+
+@dataclass(frozen=True)
+class Header:
+    """What a reader needs to trust the numbers: how, on what, where and how long."""
+
+    profile: str
+    seeds: tuple[int, ...]
+    hardware: str
+    command: str = ""
+    extra: tuple[str, ...] = ()
+    """Further ``- ...`` lines (e.g. elapsed time of the command)."""
+
+
+def measured_runs(results: Sequence[TableResult]) -> list[Run]:
+    return [run for table in results for cell in table.cells for run in cell.runs]
+
+
+def data_line(results: Sequence[TableResult]) -> str:
+    """Data roots and, per dataset, whether the full release or a subset was read."""
+    runs = measured_runs(results)
+    if not runs:
+        return "none measured yet"
+    roots = sorted({str(run.summary.get("data_root", "?")) for run in runs})
+    variants: dict[str, str] = {}
+    for table in results:
+        for cell in table.cells:
+            for name, variant in cell.data_variants.items():
+                variants[name] = "subset" if "subset" in (variant, variants.get(name)) else variant
+    described = ", ".join(f"{name} {variant}" for name, variant in sorted(variants.items()))
+    return f"{'; '.join(roots)}: {described}" if described else "; ".join(roots)
+
+
+def format_duration(seconds: float) -> str:
+    """``11520`` → ``3h12m``, ``95`` → ``1m35s`` (whole seconds, rounded down)."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
+
+
+def _measured_text(result: CellResult, seeds: int) -> str:
+    text = f"{result.mean:.2f} ± {result.std:.2f}"
+    if len(result.runs) != seeds:
+        text += f" (n={len(result.runs)})"
+    return text + (f" {SUBSET_MARK}" if result.data == "subset" else "")
+
+
+def table_markdown(result: TableResult, *, seeds: int) -> str:
+    """The table as in the paper (its rows and columns), "paper" and "ours" side by side per
+    column; cells without a run say why in numbered notes below (exact text is tested)."""
+    table = result.table
+    header = "| | " + " | ".join(f"{column} paper | {column} ours" for column in table.columns) + " |"
+    lines = [header, "|---|" + "---:|---:|" * len(table.columns)]
+    notes: dict[str, int] = {}
+    for row in table.rows:
+        texts = []
+        for column in table.columns:
+            cell = result.at(row, column)
+            if cell is None:
+                texts += ["–", "–"]
+                continue
+            paper = "–" if cell.cell.paper is None else f"{cell.cell.paper:.2f}"
+            if cell.measured:
+                ours = _measured_text(cell, seeds)
+            else:
+                number = notes.setdefault(cell.reason, len(notes) + 1)
+                ours = f"{cell.reason.partition(':')[0]} [{number}]"
+            texts += [paper, ours]
+        lines.append(f"| {row} | " + " | ".join(texts) + " |")
+    lines += [""] + [f"- [{number}] {reason}" for reason, number in notes.items()]
+    if any(cell.measured and cell.data == "subset" for cell in result.cells):
+        lines.append(
+            f"- {SUBSET_MARK} on a subset of the data (`cetl data check`): not comparable with the "
+            "paper's full-data numbers"
+        )
+    return "\n".join(lines).rstrip() + "\n"
+
+
+def cells_markdown(result: TableResult) -> str:
+    """Per measured cell: seeds, per-seed numbers, selection rule, data and wall time."""
+    lines = [
+        "| cell | n | per seed (%) | selected by | data | wall s |",
+        "|---|---:|---|---|---|---:|",
+    ]
+    for cell in result.cells:
+        if cell.measured:
+            per_seed = ", ".join(f"{a:.2f}" for a in cell.accuracies)
+            lines.append(
+                f"| {cell.cell.id} | {len(cell.runs)} | {per_seed} | {cell.selected_by} "
+                f"| {cell.data} | {cell.wall_seconds:.0f} |"
+            )
+    return "\n".join(lines) + "\n" if len(lines) > 2 else ""
+
+
+def _slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+def write_plots(results: Sequence[TableResult], out_dir: Path) -> dict[str, list[tuple[str, str]]]:
+    """Learning curves per table column, the bound plot and GFI kept fractions per CETL cell;
+    returns ``{section: [(caption, file name)]}`` for the plots that had data."""
+    plots: dict[str, list[tuple[str, str]]] = {"curves": [], "bound": [], "gfi": []}
+    for result in results:
+        table = result.table
+        # One plot per column, a line per row (the methods); a one-row table (Table 2, whose
+        # columns are the methods) gets one plot for its row.
+        by_row = len(table.rows) == 1
+        for axis in table.rows if by_row else table.columns:
+            cells = [c for c in result.cells if (c.cell.row if by_row else c.cell.column) == axis]
+            groups = [
+                (c.cell.column if by_row else c.cell.row, [run.summary for run in c.runs])
+                for c in cells
+                if c.measured
+            ]
+            name = f"curves_{table.name}_{_slug(axis)}.png"
+            if groups and plot_mean_curves(groups, out_dir / name, title=f"{table.name}, {axis}"):
+                plots["curves"].append((f"{table.name}, {axis}: target test accuracy per round", name))
+        for cell in result.cells:
+            if not cell.measured or cell.cell.method != "cetl":
+                continue
+            first = cell.runs[0]
+            where = f"{table.name}, {cell.cell.column}, seed {first.seed}"
+            name = f"bound_{table.name}_{_slug(cell.cell.column)}.png"
+            if plot_bound(first.summary, out_dir / name):
+                plots["bound"].append((f"{where}: error bound (Eq. 14), normalised as in Fig. 2", name))
+            name = f"gfi_{table.name}_{_slug(cell.cell.column)}.png"
+            if plot_gfi_kept(stage_records(first), out_dir / name, title=f"CETL, {where}"):
+                plots["gfi"].append((f"{where}: GFI kept fraction per layer over rounds", name))
+    return plots
+
+
+SECTIONS = {
+    "curves": "Learning curves",
+    "bound": "Error bound (Eq. 14; the paper's Fig. 2)",
+    "gfi": "GFI: kept fraction per layer",
+}
+
+
+def report_markdown(
+    results: Sequence[TableResult], header: Header, plots: dict[str, list[tuple[str, str]]]
+) -> str:
+    """The whole ``report.md`` (exact text is tested)."""
+    names = ", ".join(result.table.name.removeprefix("table") for result in results)
+    title = f"# Reproduction: Table{'s' if len(results) > 1 else ''} {names} (`{header.profile}` profile)"
+    total = sum(cell.wall_seconds for result in results for cell in result.cells)
+    lines = [
+        title,
+        "",
+        f"- profile: `{header.profile}`; seeds: {', '.join(map(str, header.seeds))}",
+        f"- data: {data_line(results)}",
+        f"- hardware: {header.hardware}",
+        f"- total time: {format_duration(total)} (training, summed over the cells' runs)",
+        *header.extra,
+    ]
+    if header.command:
+        lines.append(f"- command: `{header.command}`")
+    lines += [
+        "",
+        "Ours: mean ± std over seeds of the target test accuracy (%) of the model each run's "
+        "selection rule chose, never by target labels. Paper: the CETL paper's number, from its "
+        "own protocol and network (METHOD.md §8), so at a CPU profile it is context, not a target.",
+    ]
+    for result in results:
+        lines += ["", f"## Table {result.table.name.removeprefix('table')}: {result.table.title}", ""]
+        lines.append(table_markdown(result, seeds=len(header.seeds)).rstrip("\n"))
+        cells = cells_markdown(result)
+        if cells:
+            lines += ["", cells.rstrip("\n")]
+    for section, title_text in SECTIONS.items():
+        if plots.get(section):
+            lines += ["", f"## {title_text}"]
+            for caption, name in plots[section]:
+                lines += ["", f"![{caption}]({name})"]
+    return "\n".join(lines).rstrip("\n") + "\n"
+
+
+def results_json(results: Sequence[TableResult], header: Header) -> dict[str, Any]:
+    """``results.json``: the header and every cell (paper, measured mean, std, n, selection rule,
+    profile, data used, wall time), for scripts and for the next comparison."""
+    return {
+        "profile": header.profile,
+        "seeds": list(header.seeds),
+        "hardware": header.hardware,
+        "command": header.command,
+        "data": data_line(results),
+        "total_wall_seconds": round(sum(c.wall_seconds for r in results for c in r.cells), 2),
+        "tables": [
+            {
+                "name": result.table.name,
+                "title": result.table.title,
+                "cells": [cell.to_json() for cell in result.cells],
+            }
+            for result in results
+        ],
+    }
+
+
+def write_table_report(results: Sequence[TableResult], header: Header, out_dir: Path) -> Path:
+    """Plots, ``report.md`` and ``results.json`` into ``out_dir`` (each written atomically)."""
+    out_dir.mkdir(parents=True, exist_ok=True)
+    plots = write_plots(results, out_dir)
+    atomic_write_json(out_dir / RESULTS_FILE, results_json(results, header))
+    path = out_dir / REPORT_FILE
+    atomic_write_text(path, report_markdown(results, header, plots))
+    return path

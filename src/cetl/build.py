@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 
 from cetl.config import DataConfig, ExperimentConfig, SourceConfig
-from cetl.data.datasets import RawSplit, dataset_variant, load_raw
+from cetl.data.custom import draw_name, read_loose_images
+from cetl.data.datasets import RawSplit, dataset_variant, find_spec, load_raw
 from cetl.data.digits import (
     PROTOCOLS,
     LabelledSet,
@@ -84,7 +85,8 @@ def build_training_data(
                 f"{name} train: {count} images requested, {len(raw)} available in "
                 f"{root.describe()}; using {len(raw)}"
             )
-        return to_protocol(seeded_subset(raw, count, seed=config.split_seed, name=f"{name}/train"), protocol)
+        subset = seeded_subset(raw, count, seed=config.split_seed, name=f"{draw_name(name)}/train")
+        return to_protocol(subset, protocol)
 
     source_train = train_split(config.source, config.source_train_limit)
     target_train = train_split(config.target, config.target_train_limit)
@@ -93,7 +95,7 @@ def build_training_data(
             load(config.target, "test"),
             config.test_limit,
             seed=config.split_seed,
-            name=f"{config.target}/test",
+            name=f"{draw_name(config.target)}/test",
         ),
         protocol,
     )
@@ -103,17 +105,18 @@ def build_training_data(
             target_train,
             config.target_labels_per_class,
             seed=config.split_seed,
-            name=f"{config.target}/train",
+            name=f"{draw_name(config.target)}/train",
         )
     labelled_all = (
         source_train if labelled_domain == "source" else (target_train if few_target is None else few_target)
     )
-    labelled, labelled_val = split_validation(
-        labelled_all,
-        config.val_fraction,
-        seed=config.split_seed,
-        name=config.source if labelled_domain == "source" else config.target,
-    )
+    labelled_name = config.source if labelled_domain == "source" else config.target
+    if "val" in find_spec(labelled_name).splits:  # the user's own val/ split (cetl.data.custom)
+        labelled, labelled_val = labelled_all, to_protocol(load(labelled_name, "val"), protocol)
+    else:
+        labelled, labelled_val = split_validation(
+            labelled_all, config.val_fraction, seed=config.split_seed, name=draw_name(labelled_name)
+        )
     if few_target is not None and labelled_domain == "source":
         labelled = LabelledSet(torch.cat([labelled.x, few_target.x]), torch.cat([labelled.y, few_target.y]))
         notes.append(
@@ -121,6 +124,11 @@ def build_training_data(
             f"({config.target_labels_per_class} per class) join the labelled source data"
         )
     unlabelled = target_test.x if config.transductive else target_train.x
+    extra = [load(config.target, "unlabelled")] if "unlabelled" in find_spec(config.target).splits else []
+    if config.unlabelled is not None:
+        extra.append(read_loose_images(Path(config.unlabelled)))
+    if extra:  # the user's own unlabelled images join the target stream
+        unlabelled = torch.cat([unlabelled, *(to_protocol(raw, protocol).x for raw in extra)])
     data = TrainingData(labelled, labelled_val, unlabelled, target_test)
     info = DataInfo(
         num_classes=source_classes,

@@ -94,7 +94,8 @@ class DataConfig:
     test_limit: PositiveInt | None = None
     """Evaluate on a seeded subset of the target test set (``None``: all of it; only ``smoke`` sets it)."""
     val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1
-    """Fraction of the labelled training data held out for model selection."""
+    """Fraction of the labelled training data held out for model selection (not used when the
+    labelled dataset is the user's own with a ``val`` split: that split is the validation set)."""
     split_seed: NonNegativeInt = 0
     """Seed of the subset and validation splits; separate from ``seed`` so seeds share one split."""
     transductive: bool = False
@@ -103,6 +104,10 @@ class DataConfig:
     """Few-label setting: this many labelled target training images per class (seeded). In domain
     adaptation they join the labelled source images (METHOD.md §5); where the labelled data is
     target data they replace it. Validation stays on the labelled domain's own split."""
+    unlabelled: str | None = None
+    """Extra unlabelled target images: a folder of image files, flat or in sub-folders (whose names
+    are not labels); ``cetl adapt --unlabelled-data``. They join the unlabelled target stream, as
+    does the ``unlabelled`` split of the user's own target data (``cetl.data.custom``)."""
 
 
 @dataclass(frozen=True, kw_only=True)

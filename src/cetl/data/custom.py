@@ -124,6 +124,19 @@ def custom_spec(scheme: str, location: str) -> DatasetSpec:
     )
 
 
+def draw_name(name: str) -> str:
+    """The name seeded draws (subsets, few labels, validation) use for dataset ``name``.
+
+    The user's own data is named by its path, which differs between machines and copies; its
+    draws use only the folder or file name (``imagefolder:my_images``), so the same data gives
+    the same subsets wherever it lies. Registered names are returned unchanged.
+    """
+    scheme, colon, location = name.partition(":")
+    if not colon or scheme not in ("imagefolder", "npz"):
+        return name
+    return f"{scheme}:{Path(location).expanduser().name}"
+
+
 # --- shared: one geometry for all images ---------------------------------------------------
 
 
@@ -304,22 +317,59 @@ def _header(image: Path) -> Shape:
 
 def _read_folder(root: Path, split: str, download: bool) -> tuple[Tensor, Tensor]:
     """The ``DatasetSpec.reader`` of an image folder: decode one split's images with Pillow."""
-    from PIL import Image
-
     scan = _scan_folder(root)
-    mode = "RGB" if scan.geometry.channels == 3 else "L"
-    images = []
-    for path, _ in scan.files[split]:
-        try:
-            with Image.open(path) as opened:
-                pixels = np.asarray(opened.convert(mode))  # (H, W) or (H, W, 3)
-        except OSError as error:
-            raise DataError(f"cannot decode image {path} ({error}); re-save or remove it") from None
-        tensor = torch.from_numpy(pixels.copy())
-        tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)  # (C, H, W)
-        images.append(_conform(tensor.unsqueeze(0), scan.geometry))
+    images = [_decode(path, scan.geometry) for path, _ in scan.files[split]]
     labels = torch.tensor([label for _, label in scan.files[split]], dtype=torch.long)
     return torch.cat(images), labels
+
+
+def read_loose_images(folder: Path) -> RawSplit:
+    """Every image under ``folder`` (flat or in sub-folders, sorted) as unlabelled uint8 images.
+
+    For extra unlabelled target images named apart from the dataset (``data.unlabelled``,
+    ``cetl adapt --unlabelled-data``); sub-folder names are *not* labels, and images are
+    brought to one geometry by the same rules as a dataset's (module docstring).
+
+    Raises:
+        DataError: the folder is absent, holds no images, or breaks the geometry rules.
+    """
+    folder = Path(folder).expanduser()
+    if not folder.is_dir():
+        raise DataError(
+            f"unlabelled image folder {folder} does not exist; expected a folder of image files "
+            f"(flat or in sub-folders, extensions {', '.join(IMAGE_EXTENSIONS)})"
+        )
+    files = _image_files(folder)
+    if not files:
+        raise DataError(
+            f"unlabelled image folder {folder} holds no images with one of the extensions "
+            f"{', '.join(IMAGE_EXTENSIONS)}; point it at a folder of image files"
+        )
+    shapes: Counter[Shape] = Counter()
+    examples: dict[tuple[int, int], str] = {}
+    for image in files:
+        shape = _header(image)
+        shapes[shape] += 1
+        examples.setdefault(shape[1:], str(image.relative_to(folder)))
+    where = f"unlabelled image folder {folder}"
+    geometry = common_geometry(shapes, examples, where)
+    _warn_rescaled(shapes, geometry, where)
+    images = torch.cat([_decode(path, geometry) for path in files])
+    return RawSplit(images, torch.full((len(files),), UNLABELLED_LABEL, dtype=torch.long))
+
+
+def _decode(path: Path, geometry: Geometry) -> Tensor:
+    """One image file → uint8 ``(1, C, H, W)`` at ``geometry``."""
+    from PIL import Image
+
+    try:
+        with Image.open(path) as opened:
+            pixels = np.asarray(opened.convert("RGB" if geometry.channels == 3 else "L"))
+    except OSError as error:
+        raise DataError(f"cannot decode image {path} ({error}); re-save or remove it") from None
+    tensor = torch.from_numpy(pixels.copy())
+    tensor = tensor.unsqueeze(0) if tensor.ndim == 2 else tensor.permute(2, 0, 1)  # (C, H, W)
+    return _conform(tensor.unsqueeze(0), geometry)
 
 
 # --- npz -----------------------------------------------------------------------------------

@@ -1,0 +1,379 @@
+"""Bring your own data and source: :func:`adapt`, the engine of ``cetl adapt``.
+
+The paper's practical promise (§3.4.4): improve a small target network with little labelled
+data by borrowing from any pre-trained network that can merely be run forward — a torchvision
+or timm model, an ONNX file from any framework, or a run of this project — with no source
+data and no fine-tuning of S.
+
+:func:`adapt` turns its arguments into an :class:`~cetl.config.ExperimentConfig` derived from
+the registered ``tl_any_to_own`` template (:mod:`cetl.experiments.adapt`) and trains it with
+:func:`cetl.runs.train_run`, the one way a run is trained; ``cetl adapt`` calls this same
+function. Nothing here trains or builds networks itself: it checks the inputs (reading the
+data's headers and, for ``labels_per_class``, its training labels), *decides* (which source
+kind, protocol, network and budget) and hands over.
+
+Rules it applies (``docs/adapt.md`` explains them for users):
+
+- **Source** (``source=``): an existing ``.onnx`` file → ``source.kind=onnx``; a folder holding a
+  finished run → ``run``; ``torchvision:NAME[:WEIGHTS]`` / ``timm:NAME[:none]``, or a bare name
+  that torchvision lists (else one timm knows) → ``torchvision`` / ``timm``.
+- **Protocol**: a project run's protocol (S takes its own image size and colour); otherwise
+  grey target images → ``drcn`` (32×32 grey), colour → ``cifar`` (32×32 RGB). Images of any
+  size are rescaled full frame to the protocol's size (32×32; 28×28 for an ``adda`` run).
+- **target_net="auto"**: grey → ``lenet`` (``drcn`` for the ``paper`` profile), colour → ``ci_cnn``.
+- **Few labels**: ``labels_per_class`` is ``data.target_labels_per_class``; all training images
+  stay in the unlabelled stream. The classification stage runs enough epochs per round to make
+  :data:`~cetl.experiments.adapt.CLASSIFY_STEPS_PER_ROUND` steps (an epoch of 100 images is a
+  few steps), unless ``train.stage_epochs`` is given.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import math
+import os
+import tempfile
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from cetl.errors import ConfigError, DataError, RunError
+
+if TYPE_CHECKING:  # heavy imports stay out of ``import cetl`` (the CLI starts fast)
+    from torch import nn
+
+    from cetl.config import ExperimentConfig
+    from cetl.data.root import DataRoot
+
+TARGET_NET_ONNX = "target_net.onnx"
+TARGET_NET_STATE = "target_net.pt"
+GREY_NETWORKS = {"smoke": "lenet", "quick": "lenet", "paper": "drcn"}
+COLOUR_NETWORK = "ci_cnn"
+RUN_PROTOCOLS = {"drcn": "drcn", "adda": "adda", "cifar": "cifar", "cifar10s": "cifar", "stl_cifar": "cifar"}
+"""A run source's protocol → the target's: the same image size and colour, without class lists
+(the user's classes are their own)."""
+SOURCE_FORMS = (
+    "an .onnx file, a run folder of this project (holding summary.json), or a model name: "
+    "torchvision NAME[:WEIGHTS] (e.g. resnet18:IMAGENET1K_V1) or timm NAME (e.g. resnet18.a1_in1k), "
+    "optionally prefixed torchvision: or timm:"
+)
+
+
+@dataclass(frozen=True)
+class Result:
+    """What :func:`adapt` returns.
+
+    Attributes:
+        target_net: the trained T2 with its selected weights, in eval mode; takes
+            ``(N, C, 32, 32)`` floats in [0, 1] (``config.data.protocol``) and returns logits.
+        metrics: the run's ``summary.json`` (``target_test_accuracy``, ``val_accuracy``, ...).
+        run_dir: the run folder (``config.yaml``, ``metrics.jsonl``, ``target_net.onnx``/``.pt``).
+        config: the resolved config; ``cetl train RUN_DIR/config.yaml`` reruns it.
+    """
+
+    target_net: nn.Module
+    metrics: dict[str, Any]
+    run_dir: Path
+    config: ExperimentConfig
+
+    @property
+    def accuracy(self) -> float:
+        """Target test accuracy in [0, 1]."""
+        return float(self.metrics["target_test_accuracy"])
+
+
+def adapt(
+    source: str | os.PathLike[str] | None,
+    target_data: str | os.PathLike[str],
+    unlabelled_data: str | os.PathLike[str] | None = None,
+    target_net: str = "auto",
+    method: str = "cetl",
+    profile: str = "quick",
+    seed: int = 0,
+    *,
+    tap: str | None = None,
+    labels_per_class: int | None = None,
+    sets: Sequence[str] = (),
+    out: str | os.PathLike[str] | None = None,
+    data_root: str | None = None,
+    resume: bool = False,
+    overwrite: bool = False,
+    **overrides: Any,
+) -> Result:
+    """Train a target network on your own data, borrowing from a frozen source S.
+
+    Args:
+        source: S (see the module docstring for the forms); ``None`` only for methods that
+            read no source (``target_only``).
+        target_data: an ImageFolder (``train/<class>/``, optional ``val/``, ``test/``,
+            ``unlabelled/``) or an ``.npz`` file (``cetl.data.custom``); it needs a test split,
+            on which accuracy is reported.
+        unlabelled_data: a folder of extra unlabelled target images (flat or in sub-folders).
+        target_net: a ``cetl list networks`` name, or ``auto``.
+        method: a ``cetl list methods`` name (``cetl``, ``cetl_e``, ``target_only``, ...).
+        profile: ``smoke`` (tests), ``quick`` (CPU) or ``paper`` (GPU).
+        seed: the run seed.
+        tap: S's tap (``source.tap``): ``coupling``, ``logits``, ``soft``, a layer or ONNX output name.
+        labels_per_class: use only this many labelled training images per class (few-label setting).
+        sets: ``KEY=VALUE`` overrides, as ``--set``.
+        out: run folder (default ``runs/adapt/<data>/<profile>/<method>/seed<N>``).
+        data_root: only for sources or data that read registered datasets (default as ``cetl train``).
+        resume: continue the run in ``out``; overwrite: replace it.
+        **overrides: config sections as nested mappings, e.g. ``train={"rounds": 4}``.
+
+    Raises:
+        ConfigError, DataError, RunError: bad input; the message says what was expected.
+    """
+    from cetl.data.root import resolve_data_root
+    from cetl.runs import train_run
+
+    root = resolve_data_root(data_root)
+    config = adapt_config(
+        source,
+        target_data,
+        unlabelled_data=unlabelled_data,
+        target_net=target_net,
+        method=method,
+        profile=profile,
+        seed=seed,
+        tap=tap,
+        labels_per_class=labels_per_class,
+        sets=sets,
+        overrides=overrides,
+        data_root=root,
+    )
+    run_dir = Path(out) if out is not None else default_adapt_dir(config)
+    train_run(config, run_dir=run_dir, data_root=root, resume=resume, overwrite=overwrite)
+    metrics, net = _export_target_net(run_dir)
+    return Result(target_net=net, metrics=metrics, run_dir=run_dir, config=config)
+
+
+def adapt_config(
+    source: str | os.PathLike[str] | None,
+    target_data: str | os.PathLike[str],
+    *,
+    unlabelled_data: str | os.PathLike[str] | None = None,
+    target_net: str = "auto",
+    method: str = "cetl",
+    profile: str = "quick",
+    seed: int = 0,
+    tap: str | None = None,
+    labels_per_class: int | None = None,
+    sets: Sequence[str] = (),
+    overrides: Mapping[str, Any] | None = None,
+    data_root: DataRoot | None = None,
+) -> ExperimentConfig:
+    """The validated config :func:`adapt` trains (nothing is trained; data headers are read).
+
+    Precedence, lowest first: the ``tl_any_to_own`` template of ``profile``, what the arguments decide
+    (data, source, protocol, network, budget), ``overrides``, then ``sets``. ``data_root``
+    is where registered datasets would be read (the user's own data ignores it; passing the
+    root :func:`adapt` trains with lets the label count here share the loader's cache).
+    """
+    from cetl.build import uses_source
+    from cetl.config import merge, parse_set_overrides
+    from cetl.data.datasets import find_spec
+    from cetl.experiments import resolve
+    from cetl.experiments.adapt import NAME as ADAPT_EXPERIMENT
+    from cetl.networks import NETWORKS
+
+    config = resolve(ADAPT_EXPERIMENT, method=method, profile=profile, seed=seed)
+    dataset = target_dataset(target_data)
+    spec = find_spec(dataset)
+    if "test" not in spec.splits:
+        raise DataError(
+            f"{spec.title} has no test split, on which cetl adapt reports accuracy; add "
+            f"{'PATH/test/<class>/ images' if dataset.startswith('imagefolder:') else 'x_test and y_test'} "
+            f"(e.g. move a fifth of each class's training images there)"
+        )
+    source_section = source_config(source, tap=tap)
+    protocol = _protocol(source_section, spec.channels)
+    channels = 1 if protocol in ("drcn", "adda") else 3
+    network = _network(target_net, channels, profile)
+    NETWORKS.get(network)  # an unknown --target-net fails here, with "did you mean"
+    data: dict[str, Any] = {"source": dataset, "target": dataset, "protocol": protocol}
+    if unlabelled_data is not None:
+        folder = Path(unlabelled_data).expanduser().resolve()
+        if not folder.is_dir():
+            raise DataError(
+                f"--unlabelled-data {unlabelled_data} is not a folder; expected a folder of image files "
+                f"(flat or in sub-folders)"
+            )
+        data["unlabelled"] = str(folder)
+    if labels_per_class is not None:
+        _check_labels_per_class(dataset, labels_per_class, data_root)
+        data["target_labels_per_class"] = labels_per_class
+    config = merge(config, {"data": data, "network": {"name": network}, "source": source_section})
+    user = [dict(overrides or {}), parse_set_overrides(list(sets))]
+    for layer in user:
+        config = merge(config, layer)
+    if not any("stage_epochs" in (layer.get("train") or {}) for layer in user):
+        config = merge(config, {"train": {"stage_epochs": _classify_epochs(config, spec, labels_per_class)}})
+    if source is None and uses_source(config):
+        raise ConfigError(
+            f"method {config.method.name} borrows from a source network: give --source ({SOURCE_FORMS}); "
+            f"target_only trains without one"
+        )
+    return config
+
+
+def default_adapt_dir(config: ExperimentConfig) -> Path:
+    """``runs/adapt/<data name>/<profile>/<method>/seed<N>``."""
+    name = Path(config.data.target.partition(":")[2]).stem
+    return Path("runs", "adapt", name, config.profile, config.method.name, f"seed{config.seed}")
+
+
+# --------------------------------------------------------------------------- inputs
+
+
+def target_dataset(target_data: str | os.PathLike[str]) -> str:
+    """``imagefolder:ABS_PATH`` or ``npz:ABS_FILE`` for a folder, an ``.npz`` file or such a name."""
+    text = os.fspath(target_data)
+    scheme, colon, location = text.partition(":")
+    if colon and scheme in ("imagefolder", "npz"):
+        return f"{scheme}:{Path(location).expanduser().resolve()}"
+    path = Path(text).expanduser().resolve()
+    if path.is_dir():
+        return f"imagefolder:{path}"
+    if path.is_file() and path.suffix.lower() == ".npz":
+        return f"npz:{path}"
+    what = "is not an .npz file" if path.is_file() else "does not exist"
+    raise DataError(
+        f"--target-data {text} {what}; expected an ImageFolder (a folder with train/<class>/ images, "
+        f"optional val/, test/ and unlabelled/) or an .npz file (x_train, y_train, x_test, y_test)"
+    )
+
+
+def source_config(source: str | os.PathLike[str] | None, *, tap: str | None) -> dict[str, Any]:
+    """The ``source`` config section for ``--source`` (see the module docstring).
+
+    Raises:
+        ConfigError: an .onnx file or path that does not exist, or an unknown model name.
+        RunError: a folder that is not a finished run.
+    """
+    section: dict[str, Any] = {} if tap is None else {"tap": tap}
+    if source is None:
+        return section
+    text = os.fspath(source)
+    path = Path(text).expanduser()
+    if path.suffix.lower() == ".onnx":
+        if not path.is_file():
+            raise ConfigError(
+                f"--source {text}: the ONNX file does not exist; expected an .onnx file whose first input "
+                f"is an image batch (N, C, H, W), e.g. one written by 'cetl export RUN --format onnx'"
+            )
+        return section | {"kind": "onnx", "path": str(path.resolve())}
+    if path.is_dir():
+        if not (path / "summary.json").is_file():
+            raise RunError(
+                f"--source {text} is a folder but not a finished cetl run (it has no summary.json); "
+                f"give the folder of a finished run (e.g. runs/<experiment>/<profile>/<method>/seed0)"
+            )
+        return section | {"kind": "run", "path": str(path.resolve())}
+    kind, colon, spec = text.partition(":")
+    if colon and kind in ("torchvision", "timm"):
+        return section | {"kind": kind, "model": spec}
+    if os.sep in text or text.startswith(("~", ".")) or path.suffix:
+        raise ConfigError(f"--source {text} does not exist; expected {SOURCE_FORMS}")
+    return section | {"kind": _model_kind(text), "model": text}
+
+
+def _model_kind(spec: str) -> str:
+    """``torchvision`` when torchvision lists the name, else ``timm`` when timm knows it."""
+    import torchvision.models as models
+
+    from cetl.registry import did_you_mean
+
+    name = spec.partition(":")[0]
+    if name in models.list_models():
+        return "torchvision"
+    try:
+        import timm
+    except ImportError:
+        timm = None
+    if timm is not None and timm.is_model(name):
+        return "timm"
+    hint = did_you_mean(name, models.list_models())
+    missing = "" if timm is not None else ' (timm is not installed: pip install "cetl[timm]" for its models)'
+    raise ConfigError(f"--source {spec}: unknown model '{name}';{hint} expected {SOURCE_FORMS}{missing}")
+
+
+def _protocol(source_section: Mapping[str, Any], channels: int) -> str:
+    """A run source's own protocol (S takes its images), else by the target's colour."""
+    if source_section.get("kind") == "run":
+        from cetl.runs import read_config
+
+        return RUN_PROTOCOLS[read_config(Path(source_section["path"])).data.protocol]
+    return "drcn" if channels == 1 else "cifar"
+
+
+def _network(target_net: str, channels: int, profile: str) -> str:
+    if target_net != "auto":
+        return target_net
+    return GREY_NETWORKS.get(profile, "lenet") if channels == 1 else COLOUR_NETWORK
+
+
+def _check_labels_per_class(dataset: str, per_class: int, root: DataRoot | None) -> None:
+    """Fail before training when a class has fewer training images than ``--labels-per-class``."""
+    import torch
+
+    from cetl.data.datasets import find_spec, load_raw
+    from cetl.data.root import resolve_data_root
+
+    if per_class < 1:
+        raise ConfigError(f"--labels-per-class must be at least 1, got {per_class}")
+    spec = find_spec(dataset)
+    labels = load_raw(dataset, "train", root or resolve_data_root(None)).labels
+    counts = torch.bincount(labels, minlength=spec.num_classes)
+    fewest = int(counts.min())
+    if fewest < per_class:
+        name = spec.classes[int(counts.argmin())] if spec.classes else str(int(counts.argmin()))
+        raise ConfigError(
+            f"--labels-per-class {per_class} is more than the {fewest} training images of class "
+            f"'{name}' in {spec.title}; use --labels-per-class {fewest} or less, or add images"
+        )
+
+
+def _classify_epochs(config: ExperimentConfig, spec: Any, labels_per_class: int | None) -> int:
+    """Classification epochs per round so that few labels still get enough steps (module docstring)."""
+    from cetl.experiments.adapt import CLASSIFY_STEPS_PER_ROUND
+
+    if labels_per_class is None:
+        return config.train.stage_epochs
+    labelled = labels_per_class * spec.num_classes
+    if "val" not in spec.splits:
+        labelled -= max(1, round(labelled * config.data.val_fraction))
+    steps = min(max(1, labelled // config.train.batch_size), config.train.max_steps_per_epoch or labelled)
+    return max(config.train.stage_epochs, math.ceil(CLASSIFY_STEPS_PER_ROUND[config.profile] / steps))
+
+
+# --------------------------------------------------------------------------- outputs
+
+
+def _export_target_net(run_dir: Path) -> tuple[dict[str, Any], nn.Module]:
+    """Write ``target_net.pt`` (state dict) and ``target_net.onnx`` atomically; note them in the summary."""
+    from cetl.engine.checkpoint import atomic_write_json, save_checkpoint
+    from cetl.errors import CetlError
+    from cetl.runs import SUMMARY_FILE, load_target_net, read_summary
+    from cetl.serve import export_run
+
+    _, net, _ = load_target_net(run_dir)
+    save_checkpoint(run_dir / TARGET_NET_STATE, dict(net.state_dict()))
+    files = [TARGET_NET_STATE]
+    handle, temporary = tempfile.mkstemp(prefix=f".{TARGET_NET_ONNX}.", suffix=".onnx", dir=run_dir)
+    os.close(handle)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
+            export_run(run_dir, fmt="onnx", output=Path(temporary))
+        os.replace(temporary, run_dir / TARGET_NET_ONNX)
+        files.append(TARGET_NET_ONNX)
+    except CetlError as error:  # the onnx extra is missing: the run and the state dict stand
+        print(f"cetl: note: {TARGET_NET_ONNX} not written: {error}")
+    finally:
+        Path(temporary).unlink(missing_ok=True)
+    summary = read_summary(run_dir) or {}
+    summary["target_net_files"] = files
+    atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    return summary, net

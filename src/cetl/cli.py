@@ -3,10 +3,16 @@
 Commands (dataset and experiment names are lower-case):
 
     cetl demo [--out DIR]                          quick MNIST→USPS comparison with a report
+    cetl adapt --source S --target-data DATA [--tap T] [--unlabelled-data DIR] [--labels-per-class N]
+               [--target-net NAME|auto] [--method M] [--profile P] [--seed N] [--set KEY=VALUE ...]
+               [--out DIR] [--resume | --overwrite]      your own data and source (docs/adapt.md)
     cetl train EXPERIMENT|CONFIG.yaml [--method M] [--profile smoke|quick|paper] [--seed N]
                [--set KEY=VALUE ...] [--data-root DIR] [--out DIR] [--resume | --overwrite]
     cetl compare EXPERIMENT --methods M1,M2,... [--seeds N] [--profile P] [--set KEY=VALUE ...]
                  [--data-root DIR] [--out DIR]     methods × seeds side by side, paired per seed
+    cetl reproduce TABLE [--profile P] [--seeds N] [--out DIR] [--only CELL ...] [--set KEY=VALUE ...]
+                   [--data-root DIR] [--dry-run]   a paper table's cells × seeds, then its report
+    cetl report RUN_OR_DIR ... [--out DIR] [--profile P]   measured vs paper tables with plots
     cetl eval RUN_DIR [--data-root DIR]
     cetl predict RUN_DIR IMAGE [IMAGE ...]
     cetl export RUN_DIR --format onnx|pt [--output FILE]
@@ -137,7 +143,92 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--data-root", help="dataset folder (default: $CETL_DATA_ROOT, else the bundled sample)"
     )
+    _adapt_parser(commands)
+    _reproduce_parsers(commands)
     return parser
+
+
+def _adapt_parser(commands: argparse._SubParsersAction) -> None:
+    """``cetl adapt``: the arguments of :func:`cetl.adapt.adapt`, one flag each."""
+    adapt = commands.add_parser(
+        "adapt",
+        help="train a target network on your own data, borrowing from a frozen source (docs/adapt.md)",
+    )
+    adapt.add_argument(
+        "--source",
+        help="S: a torchvision/timm model NAME[:WEIGHTS] (e.g. resnet18:IMAGENET1K_V1), a run folder "
+        "of this project, or an .onnx file (not needed for --method target_only)",
+    )
+    adapt.add_argument("--tap", help="S's output to couple to: coupling (default), logits, soft, or a name")
+    adapt.add_argument(
+        "--target-data",
+        required=True,
+        help="an ImageFolder (train/<class>/, optional val/, test/, unlabelled/) or an .npz file",
+    )
+    adapt.add_argument(
+        "--unlabelled-data", metavar="DIR", help="extra unlabelled images, flat or in sub-folders"
+    )
+    adapt.add_argument(
+        "--labels-per-class", type=int, metavar="N", help="use only N labelled training images per class"
+    )
+    adapt.add_argument(
+        "--target-net", default="auto", help="T2: a 'cetl list networks' name or auto (default)"
+    )
+    adapt.add_argument("--method", default="cetl", help="a 'cetl list methods' name (default: cetl)")
+    adapt.add_argument("--profile", default="quick", help="smoke, quick (default, CPU) or paper (GPU)")
+    adapt.add_argument("--seed", type=int, default=0, help="run seed (default: 0)")
+    adapt.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
+    )
+    adapt.add_argument("--out", help="run folder (default: runs/adapt/DATA/PROFILE/METHOD/seedN)")
+    adapt.add_argument("--resume", action="store_true", help="continue the run in --out")
+    adapt.add_argument("--overwrite", action="store_true", help="replace the run in --out")
+
+
+def _reproduce_parsers(commands: argparse._SubParsersAction) -> None:
+    """``cetl reproduce`` (a paper table's cells × seeds) and ``cetl report`` (their tables and plots)."""
+    reproduce = commands.add_parser(
+        "reproduce", help="run a paper table's cells × seeds (resumable) and report them beside the paper"
+    )
+    reproduce.add_argument(
+        "table", metavar="TABLE", help="table2, table3, table4 or table5 (cetl list tables)"
+    )
+    reproduce.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
+    reproduce.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 (default: 3)")
+    reproduce.add_argument(
+        "--only",
+        nargs="+",
+        default=[],
+        metavar="CELL",
+        help="run only these cells: EXPERIMENT/METHOD, an experiment or a method (the report shows all)",
+    )
+    reproduce.add_argument(
+        "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override for every cell"
+    )
+    reproduce.add_argument("--data-root", help="dataset folder (default: as for train)")
+    reproduce.add_argument(
+        "--out",
+        type=Path,
+        default=Path("runs"),
+        help="runs root: cells as for cetl compare, the report in OUT/TABLE/PROFILE (default: runs)",
+    )
+    reproduce.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="list what each cell would do (reuse, train, not run); train nothing",
+    )
+    report = commands.add_parser("report", help="paper tables with measured numbers and plots, from runs")
+    report.add_argument(
+        "paths",
+        nargs="+",
+        type=Path,
+        metavar="RUN_OR_DIR",
+        help="a run folder, a folder of runs, or a 'cetl reproduce' report folder",
+    )
+    report.add_argument(
+        "--out", type=Path, help="report folder (default: the reproduce folder given, else ./report)"
+    )
+    report.add_argument("--profile", help="the profile to report when the runs mix several")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -160,10 +251,17 @@ def main(argv: Sequence[str] | None = None) -> int:
             "Finished cells are kept and the interrupted one resumes from its last finished round: "
             "run the same 'cetl compare' command again."
             if args.command == "compare"
+            else "Finished cells are kept and the interrupted one resumes from its last finished round: "
+            "run the same 'cetl reproduce' command again."
+            if args.command == "reproduce"
             else "Finished rounds are checkpointed; continue with "
             "'cetl train RUN_DIR/config.yaml --out RUN_DIR --resume'."
         )
-        hint = getattr(error, "resume_hint", fallback) if args.command != "compare" else fallback
+        hint = (
+            getattr(error, "resume_hint", fallback)
+            if args.command not in ("compare", "reproduce")
+            else fallback
+        )
         print(f"\ncetl: {what}. {hint}", file=sys.stderr)
         return getattr(error, "exit_code", 130)
 
@@ -251,18 +349,18 @@ def _show_config(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from cetl.data.datasets import DATASETS
     from cetl.experiments import EXPERIMENTS
+    from cetl.experiments.paper import TABLES
     from cetl.methods import METHODS
     from cetl.networks import NETWORKS
 
-    # Sources and tables arrive with CETL and `cetl reproduce`; listing them empty keeps the
-    # command's contract stable for scripts.
+    # Sources arrive later; listing them empty keeps the command's contract stable for scripts.
     registries = {
         "experiments": EXPERIMENTS.names(),
         "methods": METHODS.names(),
         "networks": NETWORKS.names(),
         "datasets": DATASETS.names(),
         "sources": [],
-        "tables": [],
+        "tables": list(TABLES),
     }
     for what in [args.what] if args.what else LISTABLE:
         if args.what:
@@ -314,6 +412,85 @@ def _demo(args: argparse.Namespace) -> int:
     return 0
 
 
+def _adapt(args: argparse.Namespace) -> int:
+    from cetl.adapt import adapt
+
+    try:
+        result = adapt(
+            args.source,
+            args.target_data,
+            unlabelled_data=args.unlabelled_data,
+            target_net=args.target_net,
+            method=args.method,
+            profile=args.profile,
+            seed=args.seed,
+            tap=args.tap,
+            labels_per_class=args.labels_per_class,
+            sets=args.sets,
+            out=args.out,
+            resume=args.resume,
+            overwrite=args.overwrite,
+        )
+    except KeyboardInterrupt as error:  # read by main(); the train hint would skip the exports
+        error.resume_hint = (  # type: ignore[attr-defined]
+            "Finished rounds are checkpointed; run the same 'cetl adapt' command with --resume to continue."
+        )
+        raise
+    metrics = result.metrics
+    print(
+        f"adapt {metrics['method']} ({metrics['profile']}, seed {metrics['seed']}, {metrics['network']}): "
+        f"target test accuracy {100 * result.accuracy:.2f}% on {metrics['data_sizes']['target_test']} "
+        f"test images in {metrics['wall_seconds']:.0f} s\n"
+        f"run folder: {result.run_dir} ({', '.join(metrics['target_net_files'])}, summary.json)"
+    )
+    return 0
+
+
+def _reproduce(args: argparse.Namespace) -> int:
+    from cetl.data.root import resolve_data_root
+    from cetl.reproduce import format_plan, get_table, plan, reproduce, select_cells
+
+    table = get_table(args.table)
+    select_cells(table, args.only)  # a typo in --only fails before anything is planned
+    data_root = resolve_data_root(args.data_root)
+    seeds = list(range(args.seeds))
+    if args.dry_run:
+        tasks = plan(table, seeds, profile=args.profile, sets=args.sets, out=args.out, data_root=data_root)
+        chosen = set(select_cells(table, args.only))
+        print(format_plan([task for task in tasks if task.cell in chosen]))
+        return 1 if any(task.state == "conflict" for task in tasks if task.cell in chosen) else 0
+    folder, failed = reproduce(
+        table,
+        seeds,
+        profile=args.profile,
+        out=args.out,
+        data_root=data_root,
+        sets=args.sets,
+        only=args.only,
+        command=_reproduce_command(args),
+    )
+    print((folder / "report.md").read_text(encoding="utf-8"), end="")
+    print(f"report: {folder / 'report.md'}, {folder / 'results.json'}")
+    return 1 if failed else 0
+
+
+def _reproduce_command(args: argparse.Namespace) -> str:
+    """The command line that repeats a reproduction (for its report), from parsed arguments."""
+    parts = ["cetl reproduce", args.table, f"--profile {args.profile}", f"--seeds {args.seeds}"]
+    parts += [f"--out {args.out}"] + [f"--set {s}" for s in args.sets]
+    parts += [f"--only {' '.join(args.only)}"] if args.only else []
+    return " ".join(parts)
+
+
+def _report(args: argparse.Namespace) -> int:
+    from cetl.report.build import build_report
+
+    path = build_report(args.paths, out=args.out, profile=args.profile)
+    print(path.read_text(encoding="utf-8"), end="")
+    print(f"report: {path}, {path.with_name('results.json')}")
+    return 0
+
+
 COMMANDS = {
     "train": _train,
     "compare": _compare,
@@ -324,4 +501,7 @@ COMMANDS = {
     "predict": _predict,
     "export": _export,
     "demo": _demo,
+    "reproduce": _reproduce,
+    "report": _report,
+    "adapt": _adapt,
 }

@@ -240,3 +240,31 @@ def test_teacher_is_trained_once_and_reused(data_root, tmp_path, monkeypatch):
     fsp = resolve("kd_cifar10", method="fsp", profile="smoke", sets=sets)
     train_run(fsp, run_dir=tmp_path / "fsp", data_root=data_root)
     assert (teacher_dir / "summary.json").stat().st_mtime_ns == stamp  # reused, not retrained
+
+
+def test_cetl_couples_through_the_students_softened_logits_by_default():
+    """D8: S's tap is the teacher's logits softened with τ, T2's its own logits with the same τ,
+    so T1 decodes a distribution over classes from both sides and no adapter is needed."""
+    method = make_method("cetl")
+    assert (method.target_net.coupling_tap, method.target_net.coupling_temperature) == ("logits", 4.0)
+    x = torch.rand(4, 3, 32, 32)
+    method.target_net.eval()  # no dropout, so the two forward passes agree
+    soft = method.target_net.coupling(x)
+    torch.testing.assert_close(soft, F.softmax(method.target_net(x) / 4.0, dim=1))
+    assert not list(method.source_adapter.parameters())  # 10 classes on both sides: identity
+    assert method.decoder(soft).shape == (4, 3, 32, 32)
+    # A named feature layer (FitNets-like) instead, and the network's own tap on request:
+    assert make_method("cetl", sets=["method.target_tap=fc6"]).target_net.coupling_tap == "fc6"
+    plain = make_method("cetl", sets=["method.target_tap=coupling"]).target_net
+    assert (plain.coupling_tap, plain.coupling_temperature) == ("fc7", None)
+    with pytest.raises(ConfigError, match=r"no tap 'fc9'.*valid taps"):
+        make_method("cetl", sets=["method.target_tap=fc9"])
+
+
+def test_domain_adaptation_cetl_keeps_the_networks_coupling_tap():
+    config = resolve("digits_mn_to_us", method="cetl", profile="smoke")
+    info = DataInfo(num_classes=10, channels=1, image_size=32, sizes={}, notes=())
+    net = NETWORKS.get("lenet")(in_channels=1, image_size=32, num_classes=10)
+    source = source_from_network(net, tap="coupling", temperature=4.0, description="test lenet")
+    method = build_method(config, info, source=source)
+    assert (method.target_net.coupling_tap, method.target_net.coupling_temperature) == ("fc1", None)

@@ -30,6 +30,7 @@ from cetl.data.training import TrainingData
 from cetl.errors import ConfigError
 from cetl.methods import METHODS, Method
 from cetl.networks import NETWORKS, TapNetwork, build_decoder
+from cetl.networks.base import LOGITS
 from cetl.networks.coupling import source_adapter
 from cetl.source import (
     FeatureCache,
@@ -198,6 +199,21 @@ def build_feature_cache(config: SourceConfig) -> FeatureCache | None:
     )
 
 
+def couple_through(target_net: TapNetwork, config: ExperimentConfig) -> None:
+    """Point T2's coupling at the tap the method's ``target_tap`` names (CETL, D8), if it has one.
+
+    ``auto`` follows S: where S's tap is ``soft`` (distillation), T2's own logits softened with
+    the same τ, so T1 decodes the same kind of signal from both; otherwise the network's tap.
+    """
+    tap = getattr(config.method, "target_tap", None)
+    if tap is None or tap == "coupling" or (tap == "auto" and config.source.tap != "soft"):
+        return
+    if tap in ("auto", "soft"):
+        target_net.use_coupling_tap(LOGITS, temperature=config.source.temperature)
+    else:
+        target_net.use_coupling_tap(tap)
+
+
 def build_method(config: ExperimentConfig, info: DataInfo, *, source: FrozenSource | None = None) -> Method:
     """The configured method around freshly initialised networks (seeded by the run seed).
 
@@ -210,6 +226,7 @@ def build_method(config: ExperimentConfig, info: DataInfo, *, source: FrozenSour
     method_class = METHODS.get(config.method.name)
     wanted = method_class.components
     target_net = build_target_net(config, info)
+    couple_through(target_net, config)
     parts: dict[str, object] = {}
     if "source" in wanted:
         if source is None:

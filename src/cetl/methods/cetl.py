@@ -106,6 +106,10 @@ class CetlConfig(MethodConfig):
     """λ of DWA3: protects stage 2's T2 during stage 3."""
     dwa_reduction: Literal["mean", "sum"] = "mean"
     """Divide Eq. 11's sum by the number of parameters (``mean``) or not (``sum``, literal)."""
+    target_tap: str = "auto"
+    """The T2 tap T1 decodes (D8): ``soft`` (T2's own logits softened with S's τ, as S's
+    ``soft`` tap), ``coupling`` (the network's, e.g. ``fc7``) or a layer name (a FitNets-like
+    feature layer). ``auto``: ``soft`` where S's tap is ``soft`` (distillation), else ``coupling``."""
 
 
 class CETL(Method):
@@ -253,8 +257,7 @@ class CETL(Method):
     def _reconstruct_target(self, batch: Batch) -> dict[str, Tensor]:
         clean = self._augment(batch.x_tgt)
         target = self._recons1(clean, batch.idx_tgt if clean is batch.x_tgt else None)
-        coupling = self.target_net.coupling_tap
-        features = self.target_net.forward_taps(self._add_noise(clean), [coupling])[coupling]
+        features = self.target_net.coupling(self._add_noise(clean))
         return {"recon_target": target_reconstruction_loss(self.decoder(features), target)}
 
     @property
@@ -398,14 +401,13 @@ class CETL(Method):
         ``features`` are S's cached taps of ``images`` (D9), or ``None`` to run S.
         """
         sampled = self.config.fisher == "sampled"
-        coupling = self.target_net.coupling_tap
 
         def source_path(index: Tensor) -> Tensor:
             tap = features[index] if features is not None else self.source(images[index])
             return self.decoder(self.source_adapter(tap))
 
         def target_path(index: Tensor) -> Tensor:
-            return self.decoder(self.target_net.forward_taps(images[index], [coupling])[coupling])
+            return self.decoder(self.target_net.coupling(images[index]))
 
         def loss(micro_batch: tuple[Tensor, ...]) -> Tensor:
             index = micro_batch[0]
@@ -467,8 +469,7 @@ class CETL(Method):
     def reconstruct(self, x: Tensor) -> Tensor | None:
         if self.variant == "baseline":
             return None  # T1 is never trained
-        coupling = self.target_net.coupling_tap
-        return self.decoder(self.target_net.forward_taps(x, [coupling])[coupling])
+        return self.decoder(self.target_net.coupling(x))
 
     def monitor(self, data: TrainingData) -> dict[str, float]:
         """Eq. 14's terms, where S and T2 share a label space (not in transfer learning)."""

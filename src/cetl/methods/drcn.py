@@ -100,8 +100,7 @@ class DRCN(Method):
         return {"classify": classification_loss(self.target_net(x), batch.y)}
 
     def _decode(self, x: Tensor) -> Tensor:
-        coupling = self.target_net.coupling_tap
-        return self.decoder(self.target_net.forward_taps(x, [coupling])[coupling])
+        return self.decoder(self.target_net.coupling(x))
 
     def reconstruct(self, x: Tensor) -> Tensor | None:
         """T1(T2(x)), for the unsupervised reconstruction-based model selection."""

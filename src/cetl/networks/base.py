@@ -334,6 +334,7 @@ class TapNetwork(nn.Module):
         self.image_size = image_size
         self.num_classes = num_classes
         self.coupling_tap = coupling_tap
+        self.coupling_temperature: float | None = None
         self.spec: tuple[LayerSpec, ...] | None = tuple(spec) if spec is not None else None
         self._order = tuple(layer_name for layer_name, _ in layers)
         self._index = {layer_name: i for i, layer_name in enumerate(self._order)}
@@ -405,6 +406,28 @@ class TapNetwork(nn.Module):
                 outputs[layer_name] = x
         return {tap: outputs[tap] for tap in taps}
 
+    def coupling(self, x: Tensor) -> Tensor:
+        """What T1 reads from T2 for images ``x``: the coupling tap's output, softened as
+        ``softmax(z / τ)`` when :meth:`use_coupling_tap` set a temperature (D8's soft logits)."""
+        features = self.forward_taps(x, [self.coupling_tap])[self.coupling_tap]
+        if self.coupling_temperature is None:
+            return features
+        return (features.float() / self.coupling_temperature).softmax(dim=1)
+
+    def use_coupling_tap(self, name: str, *, temperature: float | None = None) -> None:
+        """Couple through tap ``name`` instead of the architecture's default (before T1 is built).
+
+        ``temperature`` softens it (only the logits: a softmax over other features means nothing).
+
+        Raises:
+            ConfigError: ``name`` is not a tap, or a temperature is asked for another tap.
+        """
+        self._check_tap(name)
+        if temperature is not None and name != LOGITS:
+            raise ConfigError(f"only the '{LOGITS}' tap can be softened with a temperature, not '{name}'")
+        self.coupling_tap = name
+        self.coupling_temperature = temperature
+
     def tap_names(self) -> list[str]:
         """Valid tap names, input to output."""
         return [layer_name for layer_name in self._order if layer_name in self._tap_shapes]
@@ -418,8 +441,10 @@ class TapNetwork(nn.Module):
         """Logits from the coupling tap's output, so a method can reuse one forward pass.
 
         ``features`` has shape ``(B, *tap_shape(coupling_tap))``; dropout after the tap applies
-        as in :meth:`forward`.
+        as in :meth:`forward`. Not for a softened tap, whose output is no longer the layer's.
         """
+        if self.coupling_temperature is not None:
+            raise ValueError(f"{self.name}: classify_tap on a softened coupling tap")
         return self._run(features, self._index[self.coupling_tap] + 1, len(self._order))
 
     def _run(self, x: Tensor, start: int, stop: int) -> Tensor:
@@ -436,4 +461,5 @@ class TapNetwork(nn.Module):
             )
 
     def extra_repr(self) -> str:
-        return f"name={self.name!r}, coupling_tap={self.coupling_tap!r}"
+        softened = "" if self.coupling_temperature is None else f", softened τ={self.coupling_temperature:g}"
+        return f"name={self.name!r}, coupling_tap={self.coupling_tap!r}{softened}"

@@ -16,7 +16,7 @@ from cetl.engine import loop
 from cetl.errors import ConfigError
 from cetl.experiments import resolve
 from cetl.experiments.distillation import TABLE4
-from cetl.losses.distillation import fsp_loss, fsp_matrix, hint_loss, soft_target_loss
+from cetl.losses.distillation import fsp_loss, fsp_matrix, hint_loss, soft_probability_loss, soft_target_loss
 from cetl.methods import METHODS
 from cetl.methods.distillation import FSP, FitNets, KnowledgeDistillation, hint_regressor
 from cetl.networks import NETWORKS
@@ -268,3 +268,36 @@ def test_domain_adaptation_cetl_keeps_the_networks_coupling_tap():
     source = source_from_network(net, tap="coupling", temperature=4.0, description="test lenet")
     method = build_method(config, info, source=source)
     assert (method.target_net.coupling_tap, method.target_net.coupling_temperature) == ("fc1", None)
+
+
+def test_soft_probability_loss_equals_the_logit_form_by_hand():
+    # The same two-class case as above, the teacher given as softmax((2, 0)/2) = (p, 1 − p).
+    p = math.e / (math.e + 1)
+    student = torch.zeros(1, 2, requires_grad=True)
+    loss = soft_probability_loss(student, torch.tensor([[p, 1 - p]]), temperature=2.0)
+    assert loss.item() == pytest.approx(0.443776, abs=1e-5)
+    loss.backward()
+    assert torch.allclose(student.grad, torch.tensor([[2 * (0.5 - p), 2 * (0.5 - (1 - p))]]), atol=1e-6)
+
+
+def test_cetl_kd_weight_adds_hintons_term_to_classification():
+    method = make_method("cetl", sets=["method.kd_weight=0.5"])
+    data = tiny_data()
+    method.prepare(data)
+    classify = method.stages(0)[-1]
+    batch = loop.Batch(x=data.labelled.x[:4], y=data.labelled.y[:4], x_tgt=data.target[:4])
+    update = classify.updates[0]
+    method.target_net.eval()  # no dropout, so the two forward passes agree
+    terms = update.losses(batch)
+    assert set(terms) >= {"classify", "kd"} and update.weights["kd"] == 0.5
+    expected = soft_probability_loss(method.target_net(batch.x), method.source(batch.x), 4.0)
+    assert terms["kd"].item() == pytest.approx(expected.item(), rel=1e-4)
+    assert "kd" not in make_method("cetl").stages(0)[-1].updates[0].losses(batch)
+    plain = source_from_network(
+        NETWORKS.get("resnet26")(in_channels=3, image_size=32, num_classes=10),
+        tap="logits",
+        temperature=4.0,
+        description="logits",
+    )
+    with pytest.raises(ConfigError, match=r"kd_weight=0.5 needs S's soft targets.*source.tap=soft"):
+        make_method("cetl", sets=["method.kd_weight=0.5"], source=plain)

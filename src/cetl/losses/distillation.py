@@ -40,8 +40,23 @@ def soft_target_loss(student_logits: Tensor, teacher_logits: Tensor, temperature
     Shape:
         both ``(B, K)``.
     """
-    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
     log_teacher = F.log_softmax(teacher_logits.detach().float() / temperature, dim=1)
+    return _tau_squared_kl(student_logits, log_teacher, temperature)
+
+
+def soft_probability_loss(student_logits: Tensor, teacher_probs: Tensor, temperature: float) -> Tensor:
+    """:func:`soft_target_loss` for a teacher that gives its softened distribution
+    ``softmax(t/τ)`` rather than ``t`` (a ``soft`` tap of S, D8: CETL's optional Hinton term).
+
+    Shape:
+        both ``(B, K)``; ``teacher_probs`` rows sum to 1.
+    """
+    log_teacher = teacher_probs.detach().float().clamp_min(torch.finfo(torch.float32).tiny).log()
+    return _tau_squared_kl(student_logits, log_teacher, temperature)
+
+
+def _tau_squared_kl(student_logits: Tensor, log_teacher: Tensor, temperature: float) -> Tensor:
+    log_student = F.log_softmax(student_logits.float() / temperature, dim=1)
     kl = F.kl_div(log_student, log_teacher, reduction="batchmean", log_target=True)
     return temperature**2 * kl
 

@@ -33,6 +33,7 @@ from torch import Tensor, nn
 from cetl.config import MethodConfig, NonNegativeFloat, PositiveInt, Probability, Range
 from cetl.data.training import TrainingData
 from cetl.engine import distributed
+from cetl.errors import ConfigError
 from cetl.fisher import (
     DWAPenalty,
     Stacked,
@@ -46,6 +47,7 @@ from cetl.fisher import (
     sampled_gaussian_loss,
 )
 from cetl.losses.classification import classification_loss
+from cetl.losses.distillation import soft_probability_loss
 from cetl.losses.reconstruction import source_reconstruction_loss, target_reconstruction_loss
 from cetl.methods.base import Batch, Component, Method, Stage, Update
 from cetl.methods.corruption import impulse_noise, random_affine
@@ -106,6 +108,9 @@ class CetlConfig(MethodConfig):
     """λ of DWA3: protects stage 2's T2 during stage 3."""
     dwa_reduction: Literal["mean", "sum"] = "mean"
     """Divide Eq. 11's sum by the number of parameters (``mean``) or not (``sum``, literal)."""
+    kd_weight: NonNegativeFloat = 0.0
+    """D8's option: add Hinton's soft-target term (τ² KL to S's soft tap, S's τ) with this weight
+    to every classification loss; needs S's tap to be ``soft``. 0: cross-entropy only (Alg. 1)."""
     target_tap: str = "auto"
     """The T2 tap T1 decodes (D8): ``soft`` (T2's own logits softened with S's τ, as S's
     ``soft`` tap), ``coupling`` (the network's, e.g. ``fc7``) or a layer name (a FitNets-like
@@ -145,6 +150,11 @@ class CETL(Method):
         labelled_domain: Literal["source", "target"],
     ) -> None:
         super().__init__()
+        if config.kd_weight > 0 and source.temperature is None:
+            raise ConfigError(
+                f"method.kd_weight={config.kd_weight:g} needs S's soft targets, but S's tap gives "
+                "none: set source.tap=soft (and source.temperature), or method.kd_weight=0"
+            )
         self.config = config
         self.target_net = target_net
         self.decoder = decoder
@@ -219,7 +229,7 @@ class CETL(Method):
                         "coupled",
                         trained,
                         self._classify_coupled,
-                        {"classify": weight, "recon_target": 1 - weight},
+                        {"classify": weight, "recon_target": 1 - weight} | self._kd_weight,
                     ),
                 ),
             )
@@ -237,7 +247,7 @@ class CETL(Method):
             "recon_source": self.config.e2e_recon_source_weight,
             "classify": self.config.e2e_classify_weight,
             "recon_target": self.config.e2e_recon_target_weight,
-        }
+        } | self._kd_weight
         everything = (self.decoder, self.source_adapter, self.target_net)
         joint = Update("joint", everything, self._joint, weights)
         return [Stage("joint", ("labelled", "target"), (joint,), on_end=self._freeze_decoder)]
@@ -245,7 +255,12 @@ class CETL(Method):
     # ------------------------------------------------------------------ loss terms
 
     def _classify(self, batch: Batch) -> dict[str, Tensor]:
-        return {"classify": classification_loss(self.target_net(batch.x), batch.y)}
+        logits = self.target_net(batch.x)
+        terms = {"classify": classification_loss(logits, batch.y)}
+        if self.config.kd_weight > 0:
+            assert self.source.temperature is not None  # checked in __init__
+            terms["kd"] = soft_probability_loss(logits, self.source(batch.x), self.source.temperature)
+        return terms
 
     def _reconstruct_source(self, batch: Batch) -> dict[str, Tensor]:
         clean = self._augment(batch.x_tgt)
@@ -263,7 +278,12 @@ class CETL(Method):
     @property
     def _dwa_weights(self) -> dict[str, float]:
         c = self.config
-        return {"dwa1": c.dwa1_weight, "dwa2": c.dwa2_weight, "dwa3": c.dwa3_weight}
+        return {"dwa1": c.dwa1_weight, "dwa2": c.dwa2_weight, "dwa3": c.dwa3_weight} | self._kd_weight
+
+    @property
+    def _kd_weight(self) -> dict[str, float]:
+        """The weight of D8's optional Hinton term, where it is on."""
+        return {"kd": self.config.kd_weight} if self.config.kd_weight > 0 else {}
 
     def _penalty(self, name: str, network: nn.Module) -> dict[str, Tensor]:
         """The DWA term ``name`` on ``network`` once its GFI exists (none in round 1's stage 1)."""

@@ -806,9 +806,15 @@ def write(result: dict[str, Any], out: Path) -> None:
 
 
 def run(
-    spec: Pinned, device: torch.device, out: Path, *, command: str, notes: list[str] | None = None
+    spec: Pinned,
+    device: torch.device,
+    out: Path,
+    *,
+    command: str,
+    notes: list[str] | None = None,
+    only: tuple[str, ...] | None = None,
 ) -> dict[str, Any]:
-    """Every measurement in order, writing results after each part."""
+    """Every measurement (or those named in ``only``) in order, writing results after each part."""
     started = time.perf_counter()
     result: dict[str, Any] = {
         "mode": spec.name,
@@ -820,16 +826,21 @@ def run(
         "targets": TARGETS,
         "notes": [*(notes or []), clock_note(device)],
     }
-    parts: list[tuple[str, Callable[[], dict[str, Any]]]] = [
+    measures: list[tuple[str, Callable[[], dict[str, Any]]]] = [
         ("main", lambda: measure_main(spec, device)),
         ("cache", lambda: measure_cache(spec, device)),
         ("resident", lambda: measure_resident(spec, device)),
     ]
     if device.type == "cuda":
-        parts.append(("syncs", lambda: measure_syncs(spec, device)))
+        measures.append(("syncs", lambda: measure_syncs(spec, device)))
     if device.type == "cuda" and spec.ceilings:
-        parts.append(("ceilings", lambda: measure_ceilings(spec, device)))
-    for name, measure in parts:
+        measures.append(("ceilings", lambda: measure_ceilings(spec, device)))
+    if only is not None:
+        unknown = sorted(set(only) - {name for name, _ in measures})
+        if unknown:
+            raise SystemExit(f"speed: unknown or unavailable part(s) {unknown} on {device.type}")
+        measures = [(name, measure) for name, measure in measures if name in only]
+    for name, measure in measures:
         part_started = time.perf_counter()
         try:
             result[name] = measure()
@@ -849,13 +860,19 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="results JSON (a .md is written beside it)")
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda")
     parser.add_argument("--note", action="append", default=[], help="a line for the results' notes")
+    parser.add_argument(
+        "--parts", default=None, help="a comma-separated subset of main,cache,resident,syncs,ceilings"
+    )
     args = parser.parse_args()
     spec = PINNED["quick" if args.quick else "full"]
     device = loop.resolve_device(args.device)
     out = args.out or RESULTS / f"speed_{device.type if device.type == 'cpu' else 'gpu'}_{spec.name}.json"
     command = "python benchmarks/speed.py" + (" --quick" if args.quick else "") + f" --out {out}"
     print(f"speed: {spec.name} on {card_name(device)} -> {out}", file=sys.stderr)
-    run(spec, device, out, command=command, notes=args.note)
+    parts = None if args.parts is None else tuple(args.parts.split(","))
+    if parts is not None:
+        command += f" --parts {args.parts}"
+    run(spec, device, out, command=command, notes=args.note, only=parts)
 
 
 if __name__ == "__main__":

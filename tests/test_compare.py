@@ -57,6 +57,9 @@ def test_table_text_is_exact():
         "\n"
         "\\* reads target labels: an oracle upper bound, not a domain-adaptation result.\n"
     )
+    # In transfer learning and distillation target_only is the baseline, not an oracle.
+    plain = format_table(rows, reference="source_only", oracle=False)
+    assert "| target_only | 95.00" in plain and "oracle" not in plain
 
 
 def test_reference_is_source_only_when_compared_else_the_first_method():

@@ -1,5 +1,6 @@
 """Knowledge distillation: KD / FitNets / FSP losses by hand, the methods, the kd_* experiments."""
 
+import dataclasses
 import math
 from pathlib import Path
 
@@ -292,6 +293,8 @@ def test_cetl_kd_weight_adds_hintons_term_to_classification():
     assert set(terms) >= {"classify", "kd"} and update.weights["kd"] == 0.5
     expected = soft_probability_loss(method.target_net(batch.x), method.source(batch.x), 4.0)
     assert terms["kd"].item() == pytest.approx(expected.item(), rel=1e-4)
+    indexed = dataclasses.replace(batch, idx=torch.arange(4))  # S's soft targets from prepare's cache
+    assert update.losses(indexed)["kd"].item() == pytest.approx(expected.item(), rel=1e-4)
     assert "kd" not in make_method("cetl").stages(0)[-1].updates[0].losses(batch)
     plain = source_from_network(
         NETWORKS.get("resnet26")(in_channels=3, image_size=32, num_classes=10),

@@ -32,7 +32,7 @@ from cetl.errors import ConfigError, RunError
 from cetl.experiments import resolve
 from cetl.experiments.paper import paper_accuracy
 from cetl.methods import METHODS
-from cetl.report.tables import format_duration
+from cetl.report.tables import format_duration, sample_std
 from cetl.runs import LAST_CHECKPOINT, config_differences, read_config, read_summary, train_run
 
 ORACLE_METHODS = frozenset({"target_only"})
@@ -60,7 +60,7 @@ class MethodRow:
     @property
     def std(self) -> float:
         """Sample standard deviation (0 for one seed)."""
-        return statistics.stdev(self.accuracies) if len(self.accuracies) > 1 else 0.0
+        return sample_std(self.accuracies)
 
 
 def cell_dir(out: Path, experiment: str, profile: str, method: str, seed: int) -> Path:

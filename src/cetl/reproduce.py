@@ -39,7 +39,14 @@ from cetl.experiments.paper import TABLES, TEACHER, Cell, Table
 from cetl.methods import METHODS
 from cetl.registry import did_you_mean
 from cetl.report.collect import Run, device_counts
-from cetl.report.tables import CellResult, Header, TableResult, format_duration, write_table_report
+from cetl.report.tables import (
+    CellResult,
+    Header,
+    TableResult,
+    format_duration,
+    measured_runs,
+    write_table_report,
+)
 from cetl.runs import (
     CONFIG_FILE,
     LAST_CHECKPOINT,
@@ -119,13 +126,11 @@ def _missing_weights(config: ExperimentConfig) -> str | None:
     name, _, weights_name = config.source.model.partition(":")
     if not weights_name or weights_name.lower() == "none":
         return None
-    from urllib.parse import urlparse
-
-    import torch
     import torchvision.models as models
 
-    weights = models.get_model_weights(name)[weights_name]
-    file = Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+    from cetl.source.adapters import hub_weights_file
+
+    file = hub_weights_file(models.get_model_weights(name)[weights_name])
     if file.exists():
         return None
     return f"not run: {name} {weights_name} weights not in the torch hub cache ({file})"
@@ -405,7 +410,7 @@ def report_from_manifest(folder: Path, out_dir: Path | None = None) -> Path:
         command=manifest["command"],
         extra=(
             f"- elapsed: {format_duration(manifest.get('elapsed_seconds', 0.0))} (the command's own time)",
-            f"- runs trained on: {device_counts(run for cell in result.cells for run in cell.runs)} "
+            f"- runs trained on: {device_counts(measured_runs([result]))} "
             "(a reused cell keeps the device it was trained on)",
         ),
     )

@@ -126,7 +126,7 @@ class DWAPenalty:
     @property
     def num_parameters(self) -> int:
         """How many scalars are regularised (the divisor of ``reduction="mean"``)."""
-        return sum(g.numel() for g in self.gfi.values())
+        return self._flat_gfi.numel()
 
     def __call__(self, parameters: Mapping[str, Tensor]) -> Tensor:
         """The penalty at the live ``parameters`` (by name), differentiable with respect to them.
@@ -137,7 +137,7 @@ class DWAPenalty:
         differences = torch._foreach_sub([parameters[name] for name in self._names], self._anchors)
         flat = torch.cat([difference.reshape(-1) for difference in differences])
         total = (self._flat_gfi * flat.square()).sum(dtype=torch.float32)
-        divisor = self._flat_gfi.numel() if self.reduction == "mean" else 1
+        divisor = self.num_parameters if self.reduction == "mean" else 1
         return 0.5 * total / max(divisor, 1)
 
 

@@ -86,8 +86,7 @@ class DANN(Method):
         return [Stage("dann", ("labelled", "target"), (update,))]
 
     def _losses(self, batch: Batch) -> dict[str, Tensor]:
-        coupling = self.target_net.coupling_tap
-        features = self.target_net.forward_taps(torch.cat([batch.x, batch.x_tgt]), [coupling])[coupling]
+        features = self.target_net.coupling(torch.cat([batch.x, batch.x_tgt]))
         source, target = features[: len(batch.x)], features[len(batch.x) :]
         coefficient = grl_coefficient(batch.progress, self.config.gamma)
         domain = domain_loss(

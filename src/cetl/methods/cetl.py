@@ -163,6 +163,7 @@ class CETL(Method):
         self.labelled_domain = labelled_domain
         self._feature_cache = feature_cache
         self._features: Tensor | None = None  # (N_target, *tap_shape) once prepared
+        self._labelled_soft: Tensor | None = None  # S's soft targets of the labelled images (kd_weight)
         self._frozen_path: nn.Module | None = None  # T1′ ∘ adapter′ (D3)
         self._dwa: dict[str, DWAPenalty] = {}  # "dwa1".."dwa3", each with its θ*
         self._fisher_data: TrainingData | None = None
@@ -174,7 +175,11 @@ class CETL(Method):
     def prepare(self, data: TrainingData) -> None:
         """Compute S's tap for every target-stream image once (D9), unless inputs vary."""
         self._fisher_data = data
-        if self.variant == "baseline" or self._feature_cache is None:
+        if self._feature_cache is None:
+            return
+        if self.config.kd_weight > 0:  # S's soft targets for stage 3's inputs, which never vary
+            self._labelled_soft = self._feature_cache.features(self.source, data.labelled.x).float()
+        if self.variant == "baseline":
             return
         if self.config.augment:
             print(
@@ -259,7 +264,11 @@ class CETL(Method):
         terms = {"classify": classification_loss(logits, batch.y)}
         if self.config.kd_weight > 0:
             assert self.source.temperature is not None  # checked in __init__
-            terms["kd"] = soft_probability_loss(logits, self.source(batch.x), self.source.temperature)
+            if batch.idx is not None and self._labelled_soft is not None:
+                soft = self._labelled_soft[batch.idx]
+            else:
+                soft = self.source(batch.x)
+            terms["kd"] = soft_probability_loss(logits, soft, self.source.temperature)
         return terms
 
     def _reconstruct_source(self, batch: Batch) -> dict[str, Tensor]:

@@ -268,9 +268,8 @@ class SA(Method):
 
     @torch.no_grad()
     def _features(self, images: Tensor) -> Tensor:
-        coupling = self.target_net.coupling_tap
         parts = [
-            self.target_net.forward_taps(images[start : start + FEATURE_BATCH], [coupling])[coupling]
+            self.target_net.coupling(images[start : start + FEATURE_BATCH])
             for start in range(0, len(images), FEATURE_BATCH)
         ]
         return torch.cat(parts).float()

@@ -14,7 +14,7 @@ from pathlib import Path
 from cetl.errors import ConfigError, RunError
 from cetl.experiments.paper import TABLES
 from cetl.report.collect import device_counts, find_runs, match_cells, pick_profile
-from cetl.report.tables import CellResult, Header, TableResult, write_table_report
+from cetl.report.tables import CellResult, Header, TableResult, measured_runs, write_table_report
 
 DEFAULT_OUT = Path("report")
 MISSING = "missing: no finished run in the folders given"
@@ -54,7 +54,7 @@ def build_report(paths: Sequence[Path], *, out: Path | None = None, profile: str
             results.append(TableResult(table, cells))
     if not results:
         raise RunError(f"no finished run given is a cell of a paper table with profile '{profile}'")
-    measured = [run for result in results for cell in result.cells for run in cell.runs]
+    measured = measured_runs(results)
     header = Header(
         profile=profile,
         seeds=tuple(sorted({run.seed for run in measured})),

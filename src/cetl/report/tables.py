@@ -29,6 +29,11 @@ RESULTS_FILE = "results.json"
 SUBSET_MARK = "†"
 
 
+def sample_std(values: Sequence[float]) -> float:
+    """Sample standard deviation over seeds, 0 for a single seed (as tables report ± 0.00)."""
+    return statistics.stdev(values) if len(values) > 1 else 0.0
+
+
 @dataclass(frozen=True)
 class CellResult:
     """One cell: its finished runs (one per seed), or why it has none."""
@@ -54,7 +59,7 @@ class CellResult:
     @property
     def std(self) -> float:
         """Sample standard deviation over seeds (0 for one seed)."""
-        return statistics.stdev(self.accuracies) if len(self.runs) > 1 else 0.0
+        return sample_std(self.accuracies)
 
     @property
     def selected_by(self) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 from urllib.parse import urlparse
 
 import torch
@@ -91,6 +92,12 @@ RANDOM_INIT_KWARGS: dict[str, dict[str, bool]] = {
 architecture (the ImageNet weights drop the auxiliary heads) and no init warning."""
 
 
+def hub_weights_file(weights: Any) -> Path:
+    """Where torchvision reads ``weights`` (a ``WeightsEnum`` member) from: the torch hub cache,
+    ``torch.hub.get_dir()/checkpoints/<file of its URL>`` (``$TORCH_HOME`` moves it)."""
+    return Path(torch.hub.get_dir()) / "checkpoints" / Path(urlparse(weights.url).path).name
+
+
 def source_from_torchvision(
     spec: str, *, tap: str, temperature: float, input_size: int | None = None, normalize: str = "auto"
 ) -> FrozenSource:
@@ -144,8 +151,7 @@ def source_from_torchvision(
     except (OSError, RuntimeError) as error:  # URLError is an OSError; a truncated file a RuntimeError
         if weights is None:
             raise  # random weights read no file: not a download problem
-        file = Path(urlparse(weights.url).path).name
-        expected = Path(torch.hub.get_dir()) / "checkpoints" / file
+        expected = hub_weights_file(weights)
         raise CetlError(
             f"could not load the {spec} weights ({error}). Offline, put the weights file in the "
             f"torch hub cache: download {weights.url} on a machine with internet and copy it to "

@@ -206,6 +206,15 @@ class TrainConfig:
     """``auto`` (CUDA when available), ``cpu``, ``cuda`` or ``cuda:N``."""
     amp: bool = True
     """bf16 autocast on CUDA; ignored on CPU."""
+    eval_every_stage: bool = False
+    """Also evaluate after every stage of a round (``kind: stage_eval`` records, ``stage_history``
+    in ``summary.json``), so a stage that undoes another is visible. Selection still happens at
+    round ends. On in ``smoke`` and ``quick``."""
+    balance_every: PositiveInt | None = 25
+    """Term balance (METHOD.md D10): every this many steps of a stage (and at its last step),
+    log the gradient norm of each weighted loss term of each update with respect to the
+    parameters it trains (``kind: balance``, ``grad_norm/<term>``); a term under 1% of its
+    update's largest for a whole stage is reported as inert. ``null`` switches it off."""
     log_every: PositiveInt = 50
     """Steps between training-loss records in ``metrics.jsonl`` and TensorBoard."""
     tensorboard: bool = True

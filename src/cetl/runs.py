@@ -307,6 +307,9 @@ def train_run(
             source.to(test.x.device)  # a method that only copies S's weights leaves S where it was built
             summary["source_accuracy_on_target"] = accuracy(source, test, autocast=contextlib.nullcontext())
     summary["history"] = result.history
+    summary["stage_history"] = result.stage_history
+    summary["term_balance"] = result.term_balance
+    summary["inert_terms"] = result.inert_terms
     if result.history:
         # Labelled as an oracle: the best round by *target* accuracy, for the record only (anchors
         # that report it as their result overstate it); selection above never reads it.

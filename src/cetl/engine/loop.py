@@ -36,6 +36,7 @@ from torch import Tensor, nn
 from cetl.config import EngineConfig, OptimizerConfig, TrainConfig
 from cetl.data.digits import LabelledSet, seeded_generator
 from cetl.data.training import TrainingData
+from cetl.engine.balance import BalanceTracker, term_gradient_norms
 from cetl.engine.checkpoint import load_checkpoint, save_checkpoint
 from cetl.engine.distributed import SINGLE, World, current
 from cetl.engine.logging import MetricsLog, NullLog, progress
@@ -63,6 +64,12 @@ class TrainingResult:
     wall_seconds: float
     device: str
     history: list[dict[str, Any]] = field(default_factory=list)
+    stage_history: list[dict[str, Any]] = field(default_factory=list)
+    """Accuracies after every stage (``train.eval_every_stage``); empty when off."""
+    term_balance: dict[str, Any] = field(default_factory=dict)
+    """Per ``stage/update`` and term: mean gradient norm and mean/max ratio to the update's
+    largest term (METHOD.md D10, :mod:`cetl.engine.balance`)."""
+    inert_terms: list[dict[str, Any]] = field(default_factory=list)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -121,8 +128,13 @@ def run_update(
     autocast: contextlib.AbstractContextManager[Any],
     world: World = SINGLE,
     skip_non_finite: bool = False,
+    norms_out: dict[str, float] | None = None,
 ) -> dict[str, Tensor] | None:
     """One optimiser step on the weighted sum of the update's loss terms.
+
+    With ``norms_out`` (a dict), the gradient norm of each weighted term with respect to the
+    update's parameters is measured first and written into it (METHOD.md D10); the step
+    itself is unchanged. An update with one term reads its norm off the summed gradient.
 
     With ``skip_non_finite`` (``engine.on_nan=skip_batch``) a non-finite loss skips the step
     and returns ``None``. Deciding needs the value on the host, one GPU sync per update: the
@@ -137,9 +149,15 @@ def run_update(
     """
     with autocast:
         terms = update.losses(batch)
-    total = sum(update.weights.get(name, 1.0) * term.float() for name, term in terms.items())
+    weighted = {name: update.weights.get(name, 1.0) * term.float() for name, term in terms.items()}
+    total = sum(weighted.values())
+    if norms_out is not None and len(weighted) > 1:
+        norms_out.update(term_gradient_norms(weighted, update.parameters()))
     optimizer.zero_grad(set_to_none=True)
     total.backward()
+    if norms_out is not None and len(weighted) == 1:
+        grads = [p.grad.float().square().sum() for p in update.parameters() if p.grad is not None]
+        norms_out[next(iter(weighted))] = float(torch.stack(grads).sum().sqrt()) if grads else 0.0
     examples = batch.x if batch.x is not None else batch.x_tgt
     terms = world.reduce_step(
         update.parameters(), {**terms, "loss": total}, len(examples) if examples is not None else 1
@@ -250,6 +268,9 @@ class _Progress:
     """Mean loss of each stage in the last round (D7's convergence test compares them)."""
     calm_rounds: int = 0
     """Consecutive rounds in which every stage's mean loss moved less than ``tol``."""
+    stage_history: list[dict[str, Any]] = field(default_factory=list)
+    balance: dict[str, Any] = field(default_factory=dict)
+    """:class:`BalanceTracker`'s state."""
 
     @property
     def global_step(self) -> int:
@@ -321,6 +342,9 @@ def train(
     optimizers: dict[str, torch.optim.Optimizer] = {}
     skip_non_finite = engine.on_nan == "skip_batch"
     watch = NonFiniteWatch(device, advice=lambda: _non_finite_advice(run_dir, state.rounds_done))
+    balance = BalanceTracker(state.balance, announce=world.is_main)
+    state.balance = balance.state
+    balance_every = train_config.balance_every
 
     def optimizer_for(stage: Stage, update: Update) -> torch.optim.Optimizer:
         key = f"{stage.name}/{update.name}"
@@ -343,6 +367,55 @@ def train(
             compiled[update.losses] = torch.compile(update.losses)
         return dataclasses.replace(update, losses=compiled[update.losses])
 
+    balance_failed: set[str] = set()
+
+    def step_update(
+        stage: Stage, update: Update, batch: Batch, *, measure: bool, round_index: int
+    ) -> dict[str, Tensor] | None:
+        """:func:`run_update` with the engine's settings; on ``measure`` steps also the term
+        balance (D10), logged as a ``kind: balance`` record."""
+        key = f"{stage.name}/{update.name}"
+        norms: dict[str, float] | None = {} if measure and key not in balance_failed else None
+        settings = {
+            "max_grad_norm": optimizer_config.max_grad_norm,
+            "autocast": autocast,
+            "world": world,
+            "skip_non_finite": skip_non_finite,
+        }
+        try:
+            terms = run_update(update, batch, optimizer_for(stage, update), norms_out=norms, **settings)
+        except RuntimeError as error:
+            if norms is None:
+                raise
+            # A graph that cannot be differentiated twice (e.g. compiled): train on, unmeasured.
+            # A genuine failure fails again below, without the measurement.
+            balance_failed.add(key)
+            print(f"cetl: term balance not measured for {key}: {error}", file=sys.stderr)
+            return run_update(update, batch, optimizer_for(stage, update), **settings)
+        if norms:
+            balance.add(stage.name, update.name, norms)
+            record = {"kind": "balance", "round": round_index, "stage": stage.name, "update": update.name}
+            values = {f"grad_norm/{name}": value for name, value in norms.items()}
+            log.write({**record, "step": state.global_step + 1, **values}, step=state.global_step + 1)
+        return terms
+
+    def evaluate_accuracies() -> dict[str, float]:
+        """Labelled-validation accuracy (selection reads it) and target test accuracy (reported only)."""
+        return {
+            "val_accuracy": accuracy(
+                method, data.labelled_val, autocast=autocast, predict=method.predict_labelled
+            ),
+            "target_test_accuracy": accuracy(method, data.target_test, autocast=autocast),
+        }
+
+    def stage_eval(round_index: int, stage_name: str, accuracies: dict[str, Any]) -> None:
+        """Record the accuracies after one stage (``train.eval_every_stage``): never used to select."""
+        entry = {"round": round_index, "stage": stage_name} | {
+            k: accuracies[k] for k in ("val_accuracy", "target_test_accuracy")
+        }
+        state.stage_history.append(entry)
+        log.write({"kind": "stage_eval", **entry, "step": state.global_step}, step=state.global_step)
+
     def run_stage(stage: Stage, round_index: int) -> dict[str, Any]:
         """All epochs of one stage; returns its ``kind: stage`` record (mean loss, seconds)."""
         started_stage = time.perf_counter()
@@ -364,20 +437,20 @@ def train(
                 world=world,
             )
             description = f"round {round_index + 1}/{train_config.rounds} {stage.name}"
-            for batch in progress(
-                batches, total=count, description=description, enabled=train_config.progress and world.is_main
+            for position, batch in enumerate(
+                progress(
+                    batches,
+                    total=count,
+                    description=description,
+                    enabled=train_config.progress and world.is_main,
+                )
             ):
                 terms: dict[str, Tensor] = {}
+                measure = balance_every is not None and (
+                    (stage_steps + 1) % balance_every == 0 or (epoch == epochs - 1 and position == count - 1)
+                )
                 for update in updates:
-                    update_terms = run_update(
-                        update,
-                        batch,
-                        optimizer_for(stage, update),
-                        max_grad_norm=optimizer_config.max_grad_norm,
-                        autocast=autocast,
-                        world=world,
-                        skip_non_finite=skip_non_finite,
-                    )
+                    update_terms = step_update(stage, update, batch, measure=measure, round_index=round_index)
                     if update_terms is None:  # engine.on_nan=skip_batch: counted, not optimised
                         skipped += 1
                         continue
@@ -428,7 +501,12 @@ def train(
             stages = method.stages(round_index)
             if not stages and round_index > 0:
                 break  # the method has nothing left to train (SA fits once, in round 0)
-            stage_records = [run_stage(stage, round_index) for stage in stages]
+            stage_records = []
+            for position, stage in enumerate(stages):
+                stage_records.append(run_stage(stage, round_index))
+                balance.end_stage(round_index, stage.name)
+                if train_config.eval_every_stage and position < len(stages) - 1:  # the last: the round's
+                    stage_eval(round_index, stage.name, evaluate_accuracies())
             for record in stage_records:
                 log.write(record, step=state.global_step)
             _update_convergence(state, stage_records, train_config.tol)
@@ -437,11 +515,10 @@ def train(
                 "kind": "eval",
                 "round": round_index,
                 "step": state.global_step,
-                "val_accuracy": accuracy(
-                    method, data.labelled_val, autocast=autocast, predict=method.predict_labelled
-                ),
-                "target_test_accuracy": accuracy(method, data.target_test, autocast=autocast),
+                **evaluate_accuracies(),
             }
+            if train_config.eval_every_stage and stages:
+                stage_eval(round_index, stages[-1].name, record)
             if selection.startswith("unsupervised:"):
                 record |= unsupervised_score(selection, method, data, autocast=autocast)
             if train_config.monitor:
@@ -488,6 +565,8 @@ def train(
         wall_seconds=time.perf_counter() - started,
         device=str(device),
         history=state.history,
+        stage_history=state.stage_history,
+        **balance.summary(),
     )
 
 

@@ -43,7 +43,14 @@ def digits_experiment(
         limits: dict[str, Any] = {"source_train_limit": 256, "target_train_limit": 256, "test_limit": 256}
         network, train = (
             "lenet",
-            TrainConfig(rounds=2, batch_size=64, max_steps_per_epoch=3, log_every=1, tensorboard=False),
+            TrainConfig(
+                rounds=2,
+                batch_size=64,
+                max_steps_per_epoch=3,
+                log_every=1,
+                tensorboard=False,
+                eval_every_stage=True,
+            ),
         )
         optimizer = OptimizerConfig(lr=1e-3)
     elif profile == "quick":
@@ -55,7 +62,7 @@ def digits_experiment(
             }
         # The adda protocol's 2,000/1,800 images give ~14 steps a round: more rounds for a
         # comparable number of steps.
-        network, train = "lenet", TrainConfig(rounds=8 if protocol == "drcn" else 30)
+        network, train = "lenet", TrainConfig(rounds=8 if protocol == "drcn" else 30, eval_every_stage=True)
         optimizer = OptimizerConfig(lr=1e-3)
     elif profile == "paper":
         limits = {}

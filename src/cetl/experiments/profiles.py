@@ -26,11 +26,17 @@ def budget(
     """The engine budget and optimiser of ``profile`` (``name`` only names the experiment in errors)."""
     if profile == "smoke":
         train = TrainConfig(
-            rounds=2, batch_size=smoke_batch, max_steps_per_epoch=smoke_steps, log_every=1, tensorboard=False
+            rounds=2,
+            batch_size=smoke_batch,
+            max_steps_per_epoch=smoke_steps,
+            log_every=1,
+            tensorboard=False,
+            eval_every_stage=True,
         )
         return train, OptimizerConfig(lr=1e-3)
     if profile == "quick":
-        return TrainConfig(rounds=quick_rounds, batch_size=quick_batch), OptimizerConfig(lr=1e-3)
+        train = TrainConfig(rounds=quick_rounds, batch_size=quick_batch, eval_every_stage=True)
+        return train, OptimizerConfig(lr=1e-3)
     if profile == "paper":
         return TrainConfig(rounds=paper_rounds), OptimizerConfig()  # DRCN's Adam 3e-4
     raise ConfigError(f"unknown profile '{profile}' for {name}")

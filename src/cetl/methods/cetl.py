@@ -15,7 +15,8 @@ round of Algorithm 1 (``cetl_e``):
 
 Variants (``--method``): ``baseline`` (stage 3 alone), ``cetl_f``/``cetl_u`` (T1∘S first for
 ``phase1_epochs``, then Eq. 3 on T2 with T1 frozen / also updated), ``cetl_e`` (Algorithm 1),
-``cetl_e2e`` (Eq. 6, one joint update).
+``cetl_e2e`` (Eq. 6, one joint update, after one stage-1 epoch that gives T1′ something to
+decode, D11).
 """
 
 from __future__ import annotations
@@ -30,7 +31,7 @@ from typing import Annotated, Any, ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from cetl.config import MethodConfig, NonNegativeFloat, PositiveInt, Probability, Range
+from cetl.config import MethodConfig, NonNegativeFloat, NonNegativeInt, PositiveInt, Probability, Range
 from cetl.data.training import TrainingData
 from cetl.engine import distributed
 from cetl.errors import ConfigError
@@ -64,6 +65,9 @@ class CetlConfig(MethodConfig):
     """Options of the CETL family (METHOD.md §2, §4, §9)."""
 
     name: str = "cetl_e"
+    recon_reduction: Literal["sum", "mean"] = "sum"
+    """D2: ``L_r^s`` and ``L_r^t`` as the paper's ‖·‖², summed over each sample's pixels and
+    averaged over the batch (``sum``), or the per-pixel mean (``mean``, ~1/1000 of the scale)."""
     recon_target: Literal["frozen", "live"] = "frozen"
     """D3: the target of ``L_r^t`` is T1′(S(x)) with T1′ frozen at the end of stage 1
     (``frozen``), or T1(S(x)) from the T1 being trained, detached (``live``)."""
@@ -75,6 +79,9 @@ class CetlConfig(MethodConfig):
     """λ2 of Eq. 6 (``cetl_e2e``)."""
     e2e_recon_target_weight: NonNegativeFloat = 0.3
     """λ3 of Eq. 6 (``cetl_e2e``)."""
+    e2e_warmup_epochs: NonNegativeInt = 1
+    """D11 (``cetl_e2e``): epochs of stage 1 alone (T1∘S) before the first joint round, after
+    which T1′ is frozen as the reconstruction target. 0 freezes the random initial T1."""
     phase1_epochs: PositiveInt = 4
     """``cetl_f``/``cetl_u``: epochs of stage 1 (T1∘S) before T2 is trained."""
     reconstruct_epochs: PositiveInt = 1
@@ -106,8 +113,9 @@ class CetlConfig(MethodConfig):
     """λ of DWA2: protects stage 2's T1 during the next round's stage 1."""
     dwa3_weight: NonNegativeFloat = 1.0
     """λ of DWA3: protects stage 2's T2 during stage 3."""
-    dwa_reduction: Literal["mean", "sum"] = "mean"
-    """Divide Eq. 11's sum by the number of parameters (``mean``) or not (``sum``, literal)."""
+    dwa_reduction: Literal["mean", "sum"] = "sum"
+    """Eq. 11 literally (``sum``), or divided by the number of parameters (``mean``), which made
+    DWA inert: 1e-4 to 1e-3 of its update's task gradient (METHOD.md §10)."""
     kd_weight: NonNegativeFloat = 0.0
     """D8's option: add Hinton's soft-target term (τ² KL to S's soft tap, S's τ) with this weight
     to every classification loss; needs S's tap to be ``soft``. 0: cross-entropy only (Alg. 1)."""
@@ -255,7 +263,19 @@ class CETL(Method):
         } | self._kd_weight
         everything = (self.decoder, self.source_adapter, self.target_net)
         joint = Update("joint", everything, self._joint, weights)
-        return [Stage("joint", ("labelled", "target"), (joint,), on_end=self._freeze_decoder)]
+        stages = [Stage("joint", ("labelled", "target"), (joint,), on_end=self._freeze_decoder)]
+        if round_index == 0 and self.config.e2e_warmup_epochs > 0:
+            # D11: T1′ must decode S before it is a target; frozen at random, round 0 would
+            # train T1∘T2 to reproduce a blank image.
+            warmup = Stage(
+                "reconstruct_source",
+                ("target",),
+                (Update("decoder", t1_path, self._reconstruct_source),),
+                on_end=self._freeze_decoder,
+                epochs=self.config.e2e_warmup_epochs,
+            )
+            stages.insert(0, warmup)
+        return stages
 
     # ------------------------------------------------------------------ loss terms
 
@@ -276,13 +296,14 @@ class CETL(Method):
         noisy = self._add_noise(clean)
         cached = batch.idx_tgt if noisy is batch.x_tgt else None
         recons1 = self.decoder(self.source_adapter(self._source_tap(noisy, cached)))
-        return {"recon_source": source_reconstruction_loss(recons1, clean)}
+        return {"recon_source": source_reconstruction_loss(recons1, clean, self.config.recon_reduction)}
 
     def _reconstruct_target(self, batch: Batch) -> dict[str, Tensor]:
         clean = self._augment(batch.x_tgt)
         target = self._recons1(clean, batch.idx_tgt if clean is batch.x_tgt else None)
         features = self.target_net.coupling(self._add_noise(clean))
-        return {"recon_target": target_reconstruction_loss(self.decoder(features), target)}
+        recons2 = self.decoder(features)
+        return {"recon_target": target_reconstruction_loss(recons2, target, self.config.recon_reduction)}
 
     @property
     def _dwa_weights(self) -> dict[str, float]:
@@ -330,7 +351,7 @@ class CETL(Method):
         if self.config.recon_target == "live":
             return self.decoder(self.source_adapter(features)).detach()
         if self._frozen_path is None:
-            self._freeze_decoder()  # cetl_e2e's first round: T1′ is the initial T1
+            self._freeze_decoder()  # cetl_e2e with e2e_warmup_epochs=0: T1′ is the initial T1
         return self._frozen_path(features)
 
     def _end_reconstruct_source(self) -> dict[str, float]:
@@ -445,14 +466,14 @@ class CETL(Method):
                 out = source_path(index)
                 if sampled:
                     return sampled_gaussian_loss(out, noise=noise)
-                return source_reconstruction_loss(out, images[index])
+                return source_reconstruction_loss(out, images[index], self.config.recon_reduction)
             if key == "recon_target":
                 out = target_path(index)
                 if sampled:
                     return sampled_gaussian_loss(out, noise=noise)
                 with torch.no_grad():
                     target = self._recons1(images[index], None)
-                return target_reconstruction_loss(out, target)
+                return target_reconstruction_loss(out, target, self.config.recon_reduction)
             logits = self.target_net(images[index])
             if sampled:
                 return sampled_categorical_loss(logits, uniform=noise)

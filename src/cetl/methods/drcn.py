@@ -92,7 +92,10 @@ class DRCN(Method):
         """``L_r``: reconstruct the clean target image from its (optionally) corrupted copy."""
         clean = batch.x_tgt
         noisy = impulse_noise(clean, self.config.input_noise) if self.training else clean
-        return {"recon_target": target_reconstruction_loss(self._decode(noisy), clean)}
+        # DRCN's own code uses the per-pixel mean; its stages are single-term, so under Adam the
+        # scale does not matter (CETL's joint losses use D2's per-sample sum).
+        loss = target_reconstruction_loss(self._decode(noisy), clean, reduction="mean")
+        return {"recon_target": loss}
 
     def _classify(self, batch: Batch) -> dict[str, Tensor]:
         """``L_c``: cross-entropy of T2 on labelled source images (optionally augmented)."""

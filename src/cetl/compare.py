@@ -19,6 +19,7 @@ import math
 import statistics
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,11 +28,14 @@ from typing import Any
 from cetl.build import uses_source
 from cetl.config import ExperimentConfig, merge, to_dict
 from cetl.data.root import DataRoot
+from cetl.engine.balance import INERT_RATIO
 from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
 from cetl.errors import ConfigError, RunError
 from cetl.experiments import resolve
 from cetl.experiments.paper import paper_accuracy
 from cetl.methods import METHODS
+from cetl.report.collect import Run, balance_records
+from cetl.report.render import format_ratio, plot_stage_curves, plot_term_balance
 from cetl.report.tables import format_duration, sample_std
 from cetl.runs import LAST_CHECKPOINT, config_differences, read_config, read_summary, train_run
 
@@ -61,6 +65,26 @@ class MethodRow:
     def std(self) -> float:
         """Sample standard deviation (0 for one seed)."""
         return sample_std(self.accuracies)
+
+
+@dataclass(frozen=True)
+class TermRow:
+    """One loss term of one update of one method over its seeds (METHOD.md D10)."""
+
+    method: str
+    update: str
+    """``stage/update``, as ``summary.json``'s ``term_balance`` keys it."""
+    term: str
+    ratios: tuple[float, ...]
+    """Per seed that measured the term: its mean gradient norm over the update's largest."""
+    inert: int
+    """Seeds that found the term inert (in their ``inert_terms``)."""
+    seeds: int
+    """The method's seeds in the comparison (``len(ratios)`` is fewer where some did not measure)."""
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.ratios)
 
 
 def cell_dir(out: Path, experiment: str, profile: str, method: str, seed: int) -> Path:
@@ -206,6 +230,87 @@ def format_table(rows: Sequence[MethodRow], *, reference: str, oracle: bool = Tr
     return "\n".join(lines) + "\n"
 
 
+def summarise_balance(
+    rows: Sequence[MethodRow], summaries: dict[str, dict[int, dict[str, Any]]]
+) -> list[TermRow]:
+    """Per method row, every term its seeds' ``term_balance`` measured, in training order;
+    empty for runs from before term balance (or with it switched off)."""
+    term_rows = []
+    for row in rows:
+        runs = [summaries[row.method][seed] for seed in row.seeds]
+        ratios: dict[tuple[str, str], list[float]] = {}
+        for summary in runs:
+            for update, terms in (summary.get("term_balance") or {}).items():
+                for term, entry in terms.items():
+                    ratios.setdefault((update, term), []).append(entry["mean_ratio"])
+        # A set per seed: a seed counts once however many rounds it found the term inert in.
+        inert = Counter(
+            key
+            for summary in runs
+            for key in {(f"{e['stage']}/{e['update']}", e["term"]) for e in summary.get("inert_terms") or ()}
+        )
+        term_rows += [
+            TermRow(row.method, update, term, tuple(values), inert[update, term], len(runs))
+            for (update, term), values in ratios.items()
+        ]
+    return term_rows
+
+
+def format_balance_table(term_rows: Sequence[TermRow]) -> str:
+    """The term-balance section of ``compare.md`` (exact text is tested); empty without rows,
+    so comparisons of runs from before term balance read as before."""
+    if not term_rows:
+        return ""
+    lines = [
+        "## Term balance",
+        "",
+        "Gradient norm of each weighted loss term over the largest term of its update (METHOD.md "
+        "D10), averaged over a run's measurements: mean and range over seeds. Inert: under "
+        f"{INERT_RATIO:.0%} of the largest term for a whole stage.",
+        "",
+        "| method | stage/update | term | mean ratio (%) | min–max over seeds (%) | inert |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    for row in term_rows:
+        mean = format_ratio(row.mean) + (f" (n={len(row.ratios)})" if len(row.ratios) != row.seeds else "")
+        spread = f"{format_ratio(min(row.ratios))}–{format_ratio(max(row.ratios))}"
+        inert = f"{row.inert} of {row.seeds} seed{'s' if row.seeds > 1 else ''}" if row.inert else "–"
+        lines.append(f"| {row.method} | {row.update} | {row.term} | {mean} | {spread} | {inert} |")
+    return "\n".join(lines) + "\n"
+
+
+def _write_plots(
+    folder: Path,
+    experiment: str,
+    profile: str,
+    rows: Sequence[MethodRow],
+    summaries: dict[str, dict[int, dict[str, Any]]],
+) -> tuple[str, str]:
+    """Per method, the term balance of its first seed and its accuracy after every stage (mean
+    over seeds), as PNGs beside ``compare.md``; returns the Markdown linking those that had data
+    (balance links, the per-stage section), each empty where no method had any."""
+    balance, stages = [], []
+    for row in rows:
+        seed = row.seeds[0]
+        first = summaries[row.method][seed]
+        name = f"balance_{row.method}.png"
+        # ``folder`` is OUT/<experiment>/<profile>; gated on the summary so runs from before
+        # term balance cost no read of their metrics.jsonl.
+        run = Run(cell_dir(folder.parent.parent, experiment, profile, row.method, seed), first)
+        title = f"{row.method}, {experiment}, seed {seed}"
+        if first.get("term_balance") and plot_term_balance(balance_records(run), folder / name, title=title):
+            balance.append(f"![{row.method}, seed {seed}: gradient norm per loss term]({name})")
+        name = f"stages_{row.method}.png"
+        runs = [summaries[row.method][s] for s in row.seeds]
+        if plot_stage_curves(runs, folder / name, title=f"{row.method}, {experiment}"):
+            stages.append(f"![{row.method}: accuracy after every stage]({name})")
+    return _paragraphs(balance), ("\n## Accuracy after every stage\n" + _paragraphs(stages) if stages else "")
+
+
+def _paragraphs(lines: Sequence[str]) -> str:
+    return "".join(f"\n{line}\n" for line in lines)
+
+
 def format_eta(seconds: float) -> str:
     """``3725`` → ``1h02m``, ``75`` → ``1m15s``; ``?`` while nothing has been timed."""
     return format_duration(seconds) if math.isfinite(seconds) else "?"
@@ -285,7 +390,13 @@ def _write(
         f"the CETL paper's number for the same cell (its protocol and network, METHOD.md §8).\n\n"
     )
     oracle = first.get("setting") == "domain_adaptation"
-    atomic_write_text(folder / "compare.md", header + format_table(rows, reference=reference, oracle=oracle))
+    term_rows = summarise_balance(rows, summaries)
+    balance = format_balance_table(term_rows)
+    balance_plots, stage_plots = _write_plots(folder, experiment, profile, rows, summaries)
+    text = header + format_table(rows, reference=reference, oracle=oracle)
+    if balance:  # only with data: comparisons of older runs read exactly as before
+        text += f"\n{balance}{balance_plots}"
+    atomic_write_text(folder / "compare.md", text + stage_plots)
     atomic_write_json(
         folder / "compare.json",
         {
@@ -307,8 +418,24 @@ def _write(
                     "selected_by": row.selected_by,
                     "classify_steps": row.classify_steps,
                     "wall_seconds": row.wall_seconds,
+                    **_balance_json(term_rows, row.method),
                 }
                 for row in rows
             ],
         },
     )
+
+
+def _balance_json(term_rows: Sequence[TermRow], method: str) -> dict[str, Any]:
+    """One method's ``term_balance`` (``{"stage/update": {term: mean ratio over seeds}}``) and
+    ``inert_terms`` (``{"stage/update/term": seeds that found it inert}``) for ``compare.json``;
+    both empty for runs from before term balance."""
+    balance: dict[str, dict[str, float]] = {}
+    inert: dict[str, int] = {}
+    for row in term_rows:
+        if row.method != method:
+            continue
+        balance.setdefault(row.update, {})[row.term] = row.mean
+        if row.inert:
+            inert[f"{row.update}/{row.term}"] = row.inert
+    return {"term_balance": balance, "inert_terms": inert}

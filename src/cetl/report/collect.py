@@ -120,17 +120,28 @@ def pick_profile(runs: Sequence[Run], explicit: str | None) -> str:
     return profiles[0]
 
 
-def stage_records(run: Run) -> list[dict[str, Any]]:
-    """The ``kind: stage`` records of a run's ``metrics.jsonl`` (GFI kept fractions, stage
-    losses and seconds); empty when the folder or the file is not at hand."""
+def metrics_records(run: Run, kind: str) -> list[dict[str, Any]]:
+    """The ``kind: <kind>`` records of a run's ``metrics.jsonl``, in the order written; empty
+    when the folder or the file is not at hand (a summary alone, or a run copied without it)."""
     if run.path is None or not (run.path / "metrics.jsonl").is_file():
         return []
     records = []
     for line in (run.path / "metrics.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
-        if record.get("kind") == "stage":
+        if record.get("kind") == kind:
             records.append(record)
     return records
+
+
+def stage_records(run: Run) -> list[dict[str, Any]]:
+    """The ``kind: stage`` records of a run (GFI kept fractions, stage losses and seconds)."""
+    return metrics_records(run, "stage")
+
+
+def balance_records(run: Run) -> list[dict[str, Any]]:
+    """The ``kind: balance`` records of a run: ``grad_norm/<term>`` per stage and update
+    (METHOD.md D10); empty for runs from before term balance was measured."""
+    return metrics_records(run, "balance")
 
 
 def device_counts(runs: Iterable[Run]) -> str:

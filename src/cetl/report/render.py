@@ -7,7 +7,11 @@ small pure functions so tests can check the exact text.
 
 from __future__ import annotations
 
+import math
+import statistics
+from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +26,12 @@ METHOD_NOTES = {
 def format_percent(fraction: float | None) -> str:
     """``0.8123`` → ``81.23``; missing values as an en dash."""
     return "–" if fraction is None else f"{100 * fraction:.2f}"
+
+
+def format_ratio(ratio: float) -> str:
+    """A term's gradient norm over its update's largest, in % to 3 significant digits
+    (``1`` → ``100``, ``4.2e-5`` → ``0.0042``): inert terms sit orders of magnitude down."""
+    return f"{100 * ratio:.3g}"
 
 
 def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
@@ -64,6 +74,14 @@ def _finish(figure: Any, axis: Any, path: Path) -> None:
     axis.grid(alpha=0.3)
     axis.legend(fontsize="small")
     _save(figure, path)
+
+
+def _finish_panel(axis: Any, *, title: str, xlabel: str) -> None:
+    """Title, x label, grid and legend of one panel of a multi-panel plot (saved by :func:`_save`)."""
+    axis.set_title(title, fontsize="small")
+    axis.set_xlabel(xlabel)
+    axis.grid(alpha=0.3)
+    axis.legend(fontsize="x-small")
 
 
 def _save(figure: Any, path: Path) -> None:
@@ -228,11 +246,137 @@ def plot_gfi_kept(stage_records: Sequence[dict[str, Any]], path: Path, *, title:
     for axis, (name, layers) in zip(axes[0], sorted(series.items()), strict=True):
         for layer, (rounds, values) in layers.items():
             axis.plot(rounds, values, marker="o", markersize=3, label=layer)
-        axis.set_title(name.upper(), fontsize="small")
-        axis.set_xlabel("round")
-        axis.grid(alpha=0.3)
-        axis.legend(fontsize="x-small")
+        _finish_panel(axis, title=name.upper(), xlabel="round")
     axes[0][0].set_ylabel("fraction of Fisher values kept")
     figure.suptitle(title, fontsize="small")
     _save(figure, path)
+    return True
+
+
+GRAD_NORM = "grad_norm/"
+"""Prefix of a term's gradient norm in a ``kind: balance`` record."""
+
+
+def balance_series(
+    balance_records: Sequence[dict[str, Any]],
+) -> dict[str, dict[str, tuple[list[int], list[float]]]]:
+    """``{"stage/update": {term: (steps, gradient norms)}}`` from a run's ``kind: balance``
+    records, in training order: the raw norms behind ``summary.json``'s ``term_balance``, so a
+    term that fades (or one that is inert from the start) shows as a line far below the others."""
+    series: dict[str, dict[str, tuple[list[int], list[float]]]] = {}
+    for record in balance_records:
+        panel = series.setdefault(f"{record['stage']}/{record['update']}", {})
+        for key, value in record.items():
+            if not key.startswith(GRAD_NORM):
+                continue
+            steps, values = panel.setdefault(key.removeprefix(GRAD_NORM), ([], []))
+            steps.append(record["step"])
+            values.append(value)
+    return series
+
+
+def plot_term_balance(balance_records: Sequence[dict[str, Any]], path: Path, *, title: str) -> bool:
+    """Gradient norm of each weighted loss term over steps, log scale, one panel per
+    ``stage/update`` (METHOD.md D10), as a PNG; ``False`` (and no file) when the run logged
+    no balance (term balance off, or a run from before it existed)."""
+    series = balance_series(balance_records)
+    if not series:
+        return False
+    columns = min(len(series), 3)
+    rows = math.ceil(len(series) / columns)
+    figure, axes = _pyplot().subplots(
+        rows, columns, figsize=(4.2 * columns, 3.4 * rows), dpi=120, squeeze=False
+    )
+    panels = list(axes.flat)
+    for axis, (name, terms) in zip(panels, series.items(), strict=False):
+        for term, (steps, values) in terms.items():
+            axis.plot(steps, values, marker="o", markersize=2, label=term)
+        # A norm of 0 (a term that does not reach these parameters) has no place on a log axis;
+        # matplotlib masks it, and a panel of zeros alone stays linear rather than failing.
+        if any(value > 0 for _, values in terms.values() for value in values):
+            axis.set_yscale("log")
+        _finish_panel(axis, title=name, xlabel="step")
+    for axis in panels[len(series) :]:
+        axis.set_visible(False)
+    for row in axes:
+        row[0].set_ylabel("gradient norm of the weighted term")
+    figure.suptitle(title, fontsize="small")
+    _save(figure, path)
+    return True
+
+
+@dataclass(frozen=True)
+class StageCurve:
+    """Accuracy after every stage, mean over the seeds that share the first seed's stage layout."""
+
+    x: tuple[float, ...]
+    """``round + (position of the stage in its round + 1) / stages in that round``: a round's
+    last stage falls on ``round + 1``, where the per-round curves put that round."""
+    stages: tuple[str, ...]
+    target_test: tuple[float, ...]
+    """Mean target test accuracy (%), for reporting only: selection never reads it."""
+    val: tuple[float, ...]
+    """Mean labelled (source) validation accuracy (%)."""
+    seeds: int
+    left_out: int
+    """Seeds with another stage layout (another schedule): not averaged in."""
+
+
+def stage_curve(summaries: Sequence[dict[str, Any]]) -> StageCurve | None:
+    """The per-stage curve of runs' ``stage_history``; ``None`` when no run has one (per-stage
+    evaluation off, or a run from before it existed)."""
+    histories = [s["stage_history"] for s in summaries if s.get("stage_history")]
+    if not histories:
+        return None
+    layout = [(entry["round"], entry["stage"]) for entry in histories[0]]
+    shared = [h for h in histories if [(entry["round"], entry["stage"]) for entry in h] == layout]
+    per_round = Counter(round_index for round_index, _ in layout)
+    position: Counter[int] = Counter()
+    x = []
+    for round_index, _ in layout:
+        position[round_index] += 1
+        x.append(round_index + position[round_index] / per_round[round_index])
+
+    def mean(key: str) -> tuple[float, ...]:
+        return tuple(100 * statistics.fmean(h[i][key] for h in shared) for i in range(len(layout)))
+
+    return StageCurve(
+        x=tuple(x),
+        stages=tuple(stage for _, stage in layout),
+        target_test=mean("target_test_accuracy"),
+        val=mean("val_accuracy"),
+        seeds=len(shared),
+        left_out=len(histories) - len(shared),
+    )
+
+
+def plot_stage_curves(summaries: Sequence[dict[str, Any]], path: Path, *, title: str) -> bool:
+    """Accuracy after every stage of every round (PNG), so a stage that undoes what the one
+    before it learnt shows as a dip inside a round; ``False`` (and no file) without
+    ``stage_history``."""
+    curve = stage_curve(summaries)
+    if curve is None:
+        return False
+    figure, axis = _pyplot().subplots(figsize=(6.4, 4.0), dpi=120)
+    line = axis.plot(curve.x, curve.target_test, marker="o", markersize=3, label="target test")[0]
+    axis.plot(
+        curve.x,
+        curve.val,
+        marker="o",
+        markersize=3,
+        linestyle="--",
+        color=line.get_color(),
+        alpha=0.6,
+        label="source validation",
+    )
+    first_round = [i for i, x in enumerate(curve.x) if math.ceil(x) == math.ceil(curve.x[0])]
+    for i in first_round:  # the layout repeats each round: name the stages once
+        axis.annotate(curve.stages[i], (curve.x[i], curve.target_test[i]), fontsize="x-small", rotation=30)
+    axis.set_xlabel("round (the stages of a round evenly spaced within it)")
+    axis.set_ylabel("target test accuracy (reporting only), %")
+    seeds = f"mean over {curve.seeds} seed{'s' if curve.seeds > 1 else ''}"
+    if curve.left_out:
+        seeds += f"; {curve.left_out} with another stage layout left out"
+    axis.set_title(f"{title} ({seeds})", fontsize="small")
+    _finish(figure, axis, path)
     return True

@@ -2,7 +2,8 @@
 
 Input is per cell the finished runs (one per seed) or the reason there are none; output is
 the table laid out as in the paper, each paper number beside the measured mean ± std over
-seeds, then learning curves, the error-bound plot (Fig. 2) and GFI's kept fraction per layer.
+seeds, then learning curves, the error-bound plot (Fig. 2), GFI's kept fraction per layer, and
+where the runs logged them the term balance (METHOD.md D10) and the accuracy after every stage.
 Measured numbers are each run's ``target_test_accuracy``, the model its own selection rule
 chose; ``oracle_*`` fields (best round by target labels) are never read here.
 
@@ -19,10 +20,18 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from cetl.engine.balance import INERT_RATIO
 from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
 from cetl.experiments.paper import Cell, Table
-from cetl.report.collect import Run, stage_records
-from cetl.report.render import plot_bound, plot_gfi_kept, plot_mean_curves
+from cetl.report.collect import Run, balance_records, stage_records
+from cetl.report.render import (
+    format_ratio,
+    plot_bound,
+    plot_gfi_kept,
+    plot_mean_curves,
+    plot_stage_curves,
+    plot_term_balance,
+)
 
 REPORT_FILE = "report.md"
 RESULTS_FILE = "results.json"
@@ -215,14 +224,38 @@ def cells_markdown(result: TableResult) -> str:
     return "\n".join(lines) + "\n" if len(lines) > 2 else ""
 
 
+def inert_markdown(result: TableResult) -> str:
+    """Per measured cell and seed, the loss terms found inert (METHOD.md D10), as a short list;
+    empty when none was (or the runs predate term balance), so such tables read as before."""
+    lines = []
+    for cell in result.cells:
+        for run in cell.runs:
+            for entry in run.summary.get("inert_terms") or ():
+                rounds = entry["rounds"]
+                lines.append(
+                    f"- {cell.cell.id}, seed {run.seed}: `{entry['term']}` of "
+                    f"{entry['stage']}/{entry['update']}, round{'s' if len(rounds) > 1 else ''} "
+                    f"{', '.join(str(r + 1) for r in rounds)} (at most "
+                    f"{format_ratio(entry['max_ratio'])}% of the largest term)"
+                )
+    if not lines:
+        return ""
+    intro = (
+        f"Inert loss terms: under {INERT_RATIO:.0%} of the largest term of their update for a whole "
+        "stage (METHOD.md D10), so they barely moved the weights they were meant to."
+    )
+    return "\n".join([intro, "", *lines]) + "\n"
+
+
 def _slug(text: str) -> str:
     return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
 
 
 def write_plots(results: Sequence[TableResult], out_dir: Path) -> dict[str, list[tuple[str, str]]]:
-    """Learning curves per table column, the bound plot and GFI kept fractions per CETL cell;
-    returns ``{section: [(caption, file name)]}`` for the plots that had data."""
-    plots: dict[str, list[tuple[str, str]]] = {"curves": [], "bound": [], "gfi": []}
+    """Learning curves per table column, the bound plot and GFI kept fractions per CETL cell,
+    term balance and accuracy after every stage per measured cell; returns
+    ``{section: [(caption, file name)]}`` for the plots that had data."""
+    plots: dict[str, list[tuple[str, str]]] = {section: [] for section in SECTIONS}
     for result in results:
         table = result.table
         # One plot per column, a line per row (the methods); a one-row table (Table 2, whose
@@ -239,7 +272,10 @@ def write_plots(results: Sequence[TableResult], out_dir: Path) -> dict[str, list
             if groups and plot_mean_curves(groups, out_dir / name, title=f"{table.name}, {axis}"):
                 plots["curves"].append((f"{table.name}, {axis}: target test accuracy per round", name))
         for cell in result.cells:
-            if not cell.measured or cell.cell.method != "cetl":
+            if not cell.measured:
+                continue
+            _write_cell_plots(table.name, cell, out_dir, plots)
+            if cell.cell.method != "cetl":
                 continue
             first = cell.runs[0]
             where = f"{table.name}, {cell.cell.column}, seed {first.seed}"
@@ -252,10 +288,33 @@ def write_plots(results: Sequence[TableResult], out_dir: Path) -> dict[str, list
     return plots
 
 
+def _write_cell_plots(
+    table: str, cell: CellResult, out_dir: Path, plots: dict[str, list[tuple[str, str]]]
+) -> None:
+    """Term balance of the cell's first seed (as the GFI plot) and its accuracy after every
+    stage (mean over seeds), where the runs logged them."""
+    first = cell.runs[0]
+    where = f"{table}, {cell.cell.column}, {cell.cell.row}"
+    # Named by column and row: a column can hold one method in several rows (Table 3).
+    slug = f"{table}_{_slug(cell.cell.column)}_{_slug(cell.cell.row)}"
+    # Gated on the summary so runs from before term balance cost no read of metrics.jsonl.
+    name = f"balance_{slug}.png"
+    if first.summary.get("term_balance") and plot_term_balance(
+        balance_records(first), out_dir / name, title=f"{cell.cell.method}, {where}, seed {first.seed}"
+    ):
+        plots["balance"].append((f"{where}, seed {first.seed}: gradient norm per loss term", name))
+    name = f"stages_{slug}.png"
+    summaries = [run.summary for run in cell.runs]
+    if plot_stage_curves(summaries, out_dir / name, title=f"{cell.cell.method}, {where}"):
+        plots["stages"].append((f"{where}: accuracy after every stage", name))
+
+
 SECTIONS = {
     "curves": "Learning curves",
     "bound": "Error bound (Eq. 14; the paper's Fig. 2)",
     "gfi": "GFI: kept fraction per layer",
+    "balance": "Term balance: gradient norm per loss term (METHOD.md D10)",
+    "stages": "Accuracy after every stage",
 }
 
 
@@ -289,6 +348,9 @@ def report_markdown(
         cells = cells_markdown(result)
         if cells:
             lines += ["", cells.rstrip("\n")]
+        inert = inert_markdown(result)
+        if inert:
+            lines += ["", inert.rstrip("\n")]
     for section, title_text in SECTIONS.items():
         if plots.get(section):
             lines += ["", f"## {title_text}"]

@@ -92,14 +92,16 @@ GRID: dict[str, list[Cell]] = {
 """Pre-registered in docs/method.md §10 (do not change without changing the doc first)."""
 
 
-def run_family(family: str) -> None:
+def run_family(family: str, cells: list[str]) -> None:
     data_root = resolve_data_root(None)
     for seed in SEEDS:  # S first, shared with the table runs
         run_cell(EXPERIMENT, "source_only", seed, profile=PROFILE, sets=[], out=S_ROOT, data_root=data_root)
     for cell in GRID[family]:
+        if cells and cell.label not in cells:
+            continue
         for seed in SEEDS:
             s_path = cell_dir(S_ROOT, EXPERIMENT, PROFILE, "source_only", seed)
-            sets = [*cell.sets, f"source.path={s_path}", "train.progress=false"]
+            sets = [*cell.sets, f"source.path={s_path}"]
             summary = run_cell(
                 EXPERIMENT,
                 cell.method,
@@ -239,10 +241,11 @@ def report() -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--family", choices=sorted(GRID), action="append", default=[])
+    parser.add_argument("--cells", nargs="*", default=[], help="only these cell labels (split a family)")
     parser.add_argument("--report", action="store_true", help="write benchmarks/results/calibration_quick.*")
     args = parser.parse_args()
     for family in args.family:
-        run_family(family)
+        run_family(family, args.cells)
     if args.report or not args.family:
         report()
 

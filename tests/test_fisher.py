@@ -5,6 +5,7 @@ from __future__ import annotations
 import copy
 import math
 import threading
+import warnings
 from concurrent.futures import ThreadPoolExecutor
 
 import pytest
@@ -16,6 +17,7 @@ from cetl.fisher import (
     RF_ESTIMATORS,
     DWAPenalty,
     FisherEstimate,
+    Stacked,
     estimate_fisher,
     generalized_fisher,
     kept_fractions,
@@ -25,7 +27,7 @@ from cetl.fisher import (
     sampled_categorical_loss,
     sampled_gaussian_loss,
 )
-from cetl.fisher.relative import binned_mutual_information
+from cetl.fisher.relative import binned_mutual_information, linfoot, min_kept
 
 
 def _net() -> nn.Sequential:
@@ -348,6 +350,172 @@ def test_rf_is_zero_without_nan_where_a_sample_has_no_variance(estimator: str) -
     )
     rf = relative_fisher(untouched, "a", "b", estimator=estimator)
     assert torch.equal(rf["o"], torch.zeros(2))
+
+
+def _shared_zero_columns() -> tuple[Tensor, Tensor]:
+    """K = 6 log samples ``z`` (f = exp(z); −inf is f = 0) in four hand-made columns.
+
+    Rows 0–3 are the micro-batches where the losses use θ; rows 4–5 give both an exact 0 in
+    columns 0, 1 and 3. Over rows 0–3, column 0 has ρ = 0 exactly (deviations −1.5, −.5, .5, 1.5
+    against −1, 1, 1, −1) and column 1 ρ = 0.8 (Σ a′b′ = 4, Σ a′² = Σ b′² = 5).
+    """
+    zero = -math.inf
+    z1 = torch.tensor(
+        [
+            [1.0, 1.0, 1.0, 1.0],
+            [2.0, 2.0, 2.0, zero],
+            [3.0, 3.0, 3.0, zero],
+            [4.0, 4.0, 4.0, zero],
+            [zero, zero, 5.0, zero],
+            [zero, zero, 6.0, 2.0],
+        ]
+    )
+    z2 = torch.tensor(
+        [
+            [1.0, 1.0, 1.0, 2.0],
+            [3.0, 2.0, 3.0, zero],
+            [3.0, 4.0, 3.0, zero],
+            [1.0, 3.0, 1.0, zero],
+            [zero, zero, zero, zero],  # column 2: loss b alone is 0, which is kept
+            [zero, zero, 0.0, 1.0],
+        ]
+    )
+    return z1, z2
+
+
+def test_gaussian_rf_with_shared_zeros_counted_or_excluded_matches_hand_values() -> None:
+    z1, z2 = _shared_zero_columns()
+    estimate = _synthetic(z1, z2, keep_samples=True)
+    f1, f2 = estimate.losses["a"].samples["w"], estimate.losses["b"].samples["w"]
+    assert torch.equal(estimate.shared_zeros[("a", "b")]["w"], torch.tensor([2, 2, 0, 4]) / 6)
+    agree = relative_fisher(estimate, "a", "b", shared_zeros="agree")["w"]
+    exclude = relative_fisher(estimate, "a", "b", shared_zeros="exclude")["w"]
+    assert not agree.isnan().any() and not exclude.isnan().any()
+    # Counted, the two points at (log ε1, log ε2) dominate: |ρ| of all six rows, ≈ 1.
+    eps1, eps2 = estimate.losses["a"].eps, estimate.losses["b"].eps
+    torch.testing.assert_close(agree, _pearson_reference(f1, f2, eps1, eps2), atol=1e-5, rtol=0)
+    assert agree[0] > 0.95 and agree[1] > 0.95
+    # Excluded: the hand values over rows 0–3; column 2 (no shared zero) as with agree; column 3
+    # keeps 2 of 6 micro-batches, fewer than min_kept(6) = 3, so RF = 0.
+    torch.testing.assert_close(exclude[:2], torch.tensor([0.0, 0.8]), atol=1e-5, rtol=0)
+    assert exclude[2] == agree[2] and exclude[2] > 0
+    assert exclude[3] == 0 and agree[3] > 0
+    assert relative_fisher(estimate, "a", "b")["w"].equal(exclude)  # the default
+
+
+def test_binned_rf_with_shared_zeros_excluded_is_the_rf_of_the_kept_rows() -> None:
+    g = torch.Generator().manual_seed(12)
+    z1, z2 = torch.randn(32, 3, generator=g), torch.randn(32, 3, generator=g)
+    z2[:, 0] = z1[:, 0] + 0.3 * z2[:, 0]
+    for column, rows in ((0, slice(20, 32)), (1, slice(0, 8)), (2, slice(30, 32))):
+        z1[rows, column] = z2[rows, column] = -math.inf
+    estimate = _synthetic(z1, z2, keep_samples=True)
+    exclude = relative_fisher(estimate, "a", "b", estimator="binned", shared_zeros="exclude")["w"]
+    agree = relative_fisher(estimate, "a", "b", estimator="binned", shared_zeros="agree")["w"]
+    f1, f2 = estimate.losses["a"].samples["w"], estimate.losses["b"].samples["w"]
+    bins = round(32 ** (1 / 3))  # the full K's, as the estimator keeps it
+    for column, kept in ((0, slice(0, 20)), (1, slice(8, 32)), (2, slice(0, 30))):
+        alone = binned_mutual_information(f1[kept, column : column + 1], f2[kept, column : column + 1], bins)
+        assert math.isclose(float(exclude[column]), float(linfoot(alone)), abs_tol=1e-6)
+    full = binned_mutual_information(f1, f2)
+    torch.testing.assert_close(agree, linfoot(full).float())
+    assert agree[1] > exclude[1]  # eight shared zeros make their own bin: information from nothing
+
+
+def test_shared_zeros_with_too_few_kept_micro_batches_give_zero_not_noise() -> None:
+    assert [min_kept(k) for k in (1, 2, 5, 6, 32)] == [1, 2, 3, 3, 16]
+    g = torch.Generator().manual_seed(13)
+    z = torch.randn(32, 2, generator=g)
+    z1, z2 = z.clone(), z.clone()  # identical: RF 1 wherever it is computed
+    z1[:17, 0] = z2[:17, 0] = -math.inf  # 15 of 32 left: below half
+    z1[:16, 1] = z2[:16, 1] = -math.inf  # 16 left: enough
+    for estimator in RF_ESTIMATORS.names():
+        rf = relative_fisher(_synthetic(z1, z2, keep_samples=True), "a", "b", estimator=estimator)["w"]
+        assert rf[0] == 0 and rf[1] > 0.9, estimator
+
+
+@pytest.mark.parametrize("shared_zeros", ["agree", "exclude"])
+def test_shared_zero_treatments_match_a_two_pass_reference_on_both_paths(shared_zeros: str) -> None:
+    """Streaming moments (loop: float64 logs; batched: float32) against |ρ| over the kept rows."""
+    k, n = 32, 300
+    g = torch.Generator().manual_seed(14)
+    z1, z2 = torch.randn(k, n, generator=g), torch.randn(k, n, generator=g)
+    z2 = 0.6 * z1 + 0.8 * z2
+    gate = torch.rand(k, n, generator=g) < torch.linspace(0, 0.6, n)  # a ReLU unit off on this batch
+    alone = torch.rand(k, n, generator=g) < 0.1  # loss a alone is 0
+    z1[gate | alone], z2[gate] = -math.inf, -math.inf
+    # Samples 1e-20 (ε ≈ 1e-8 here) are zeros too: float32 logs cannot tell them from 0, so both
+    # paths must count them as zeros (ZERO_LOG), or the paths disagree on what is excluded.
+    tiny = (torch.rand(k, n, generator=g) < 0.05) & ~gate
+    z1[tiny], z2[tiny] = math.log(1e-20), math.log(1e-20)
+    g1, g2 = torch.exp(z1 / 2), torch.exp(z2 / 2)
+
+    class Linear(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.w = nn.Parameter(torch.zeros(n))
+
+    net = Linear()
+    losses = {"a": lambda row: (row[0] * net.w).sum(), "b": lambda row: (row[1] * net.w).sum()}
+    rfs = []
+    stacked = Stacked((g1, g2))
+    for batches in (stacked, list(stacked)):  # Stacked: the batched (vmap) path; a list: the loop
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no silent fallback from the batched path
+            estimate = estimate_fisher(
+                {"w": net.w}, losses, batches, modules=[net], pairs=[("a", "b")], keep_samples=True
+            )
+        rfs.append(relative_fisher(estimate, "a", "b", shared_zeros=shared_zeros)["w"])
+    f1, f2 = estimate.losses["a"].samples["w"].double(), estimate.losses["b"].samples["w"].double()
+    eps1, eps2 = estimate.losses["a"].eps, estimate.losses["b"].eps
+    both = (f1 < 1e-4 * eps1) & (f2 < 1e-4 * eps2)
+    assert int(both.sum()) > int(((f1 == 0) & (f2 == 0)).sum())  # the tiny samples count
+    keep = ~both if shared_zeros == "exclude" else torch.ones_like(f1, dtype=torch.bool)
+    a, b = torch.log(f1 + eps1), torch.log(f2 + eps2)
+    reference = torch.zeros(n)
+    for column in range(n):
+        rows = keep[:, column]
+        if rows.sum() >= min_kept(k):
+            pair = torch.stack([a[rows, column], b[rows, column]])
+            reference[column] = torch.corrcoef(pair)[0, 1].abs().float()
+    for rf in rfs:
+        assert not rf.isnan().any()
+        torch.testing.assert_close(rf, reference, atol=1e-5, rtol=0)
+    if shared_zeros == "agree":  # many shared zeros pull |ρ| up; excluding them does not
+        assert float(rfs[0][-50:].mean()) > float(rfs[0][:50].mean()) + 0.2
+
+
+def test_rf_shared_zeros_option_reaches_the_estimator(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cetl.build import DataInfo, build_method
+    from cetl.data.synthetic import synthetic_training_data
+    from cetl.experiments import resolve
+    from cetl.methods import cetl as cetl_module
+    from cetl.networks import NETWORKS
+    from cetl.source import source_from_network
+
+    seen = []
+
+    def spy(*args, **kwargs):
+        seen.append(kwargs.get("shared_zeros"))
+        return relative_fisher(*args, **kwargs)
+
+    monkeypatch.setattr(cetl_module, "relative_fisher", spy)
+    info = DataInfo(num_classes=4, channels=1, image_size=28, sizes={}, notes=())
+    for sets, expected in (([], "exclude"), (["method.rf_shared_zeros=agree"], "agree")):
+        config = resolve("digits_mn_to_us", method="cetl", profile="smoke", sets=sets)
+        assert config.method.rf_shared_zeros == expected
+        torch.manual_seed(7)
+        net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=4)
+        source = source_from_network(net, tap="coupling", temperature=4.0, description="test lenet")
+        method = build_method(config, info, source=source)
+        method.prepare(synthetic_training_data())
+        seen.clear()
+        method.stages(0)[0].on_end()  # stage 1 ends: GFI1
+        assert seen == [expected]
+    with pytest.raises(ConfigError, match="rf_shared_zeros"):
+        resolve("digits_mn_to_us", method="cetl", profile="smoke", sets=["method.rf_shared_zeros=ignore"])
+    with pytest.raises(ConfigError, match="rf_shared_zeros"):
+        relative_fisher(_synthetic(torch.zeros(3, 1), torch.zeros(3, 1)), "a", "b", shared_zeros="ignore")
 
 
 def test_binned_mutual_information_matches_hand_count() -> None:

@@ -30,10 +30,11 @@ given as a tensor or :class:`Stacked` are differentiated a few at a time in one 
 from __future__ import annotations
 
 import functools
+import math
 import warnings
 from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import torch
@@ -49,6 +50,26 @@ Reduce = Callable[[Tensor], Tensor]
 
 EPS_SCALE = 1e-8
 """ε = EPS_SCALE × mean(f) keeps ``log(f + ε)`` finite where a Fisher sample is exactly 0 (D5)."""
+
+
+ZERO_LOG = 1e-4
+"""A Fisher sample counts as 0 where ``log(f + ε)`` is within this many nats of ``log ε``, i.e.
+``f ≲ 1e-4 ε = 1e-12 × mean(f)``: exact zeros, and samples that only round-off tells from them
+(float32's logs near ``log ε`` carry ~1e-5 nats of it)."""
+
+
+def shifted_log(f: Tensor, eps: float) -> Tensor:
+    """``ℓ = log(f + ε) − log ε``, the log Fisher sample of D5 shifted so that a zero gives exactly 0.
+
+    A shift does not change a correlation; it makes a micro-batch where both losses of a pair are
+    0 add exactly nothing to every log moment, so the moments *without* those micro-batches
+    (``rf_shared_zeros: exclude``) are the same sums over fewer terms. A sample is 0 (``ℓ`` set to
+    exactly 0) where ``ℓ < ZERO_LOG``, in whichever dtype the logs are taken, so the float32
+    (batched) and float64 (loop) paths agree on which samples are zeros.
+    """
+    shifted = torch.log(f + eps).sub_(math.log(eps))
+    return shifted.masked_fill_(shifted < ZERO_LOG, 0.0)
+
 
 CHUNK_ELEMENTS = 2**27
 """Vectorised path: per-micro-batch gradients held at once, in scalars (#params × losses × chunk):
@@ -92,8 +113,9 @@ class FisherStats:
 
     Attributes:
         mean: ``F_i = mean_k f_i^k``, the diagonal Fisher (same shape and device as θ).
-        log_mean: ``mean_k log(f_i^k + ε)`` in float64; only for losses in a pair (for RF).
-        log_sq_mean: ``mean_k log(f_i^k + ε)²`` in float64; only for losses in a pair.
+        log_mean: ``mean_k ℓ_i^k`` in float64, with ``ℓ = log(f + ε) − log ε`` (:func:`shifted_log`:
+            0 exactly where ``f = 0``); only for losses in a pair (for RF).
+        log_sq_mean: ``mean_k (ℓ_i^k)²`` in float64; only for losses in a pair.
         eps: the ε of those logs; ``None`` when the loss is in no pair.
         samples: ``f_i^k`` stacked over k, ``(K, *θ.shape)``; only with ``keep_samples=True``.
     """
@@ -112,13 +134,19 @@ class FisherEstimate:
     Attributes:
         count: K, the number of micro-batches (summed over ranks when reduced).
         losses: loss name → its :class:`FisherStats`.
-        log_cross_mean: ``(first, second)`` pair → ``mean_k log(f1+ε1)·log(f2+ε2)`` per
-            parameter name (float64), the joint moment the gaussian Relative Fisher needs.
+        log_cross_mean: ``(first, second)`` pair → ``mean_k ℓ1·ℓ2`` (the shifted logs of
+            :class:`FisherStats`) per parameter name (float64), the joint moment the gaussian
+            Relative Fisher needs.
+        shared_zeros: ``(first, second)`` pair → the fraction of the K micro-batches on which
+            *both* losses' samples are 0 (``ℓ = 0``, :func:`shifted_log`; e.g. a ReLU unit
+            inactive on the whole micro-batch), per parameter name (float32);
+            ``rf_shared_zeros: exclude`` leaves them out of the Relative Fisher.
     """
 
     count: int
     losses: dict[str, FisherStats]
     log_cross_mean: dict[tuple[str, str], dict[str, Tensor]]
+    shared_zeros: dict[tuple[str, str], dict[str, Tensor]] = field(default_factory=dict)
 
     def stats(self, loss: str) -> FisherStats:
         """The statistics of ``loss`` (a :class:`ConfigError` naming the estimated losses)."""
@@ -152,9 +180,10 @@ def estimate_fisher(
     in ``modules`` is in eval mode — dropout off and BatchNorm using, not updating, its running
     statistics — and each submodule's own train/eval flag is restored afterwards.
 
-    For each pair ``(a, b)`` the pass also accumulates ``Σ_k log(f_a+ε_a)``, ``Σ_k log²`` and the
-    cross product ``Σ_k log(f_a+ε_a)·log(f_b+ε_b)`` in float64 (float64 because the correlation
-    is computed from raw moments, whose cancellation float32 cannot afford). ε of a loss is
+    For each pair ``(a, b)`` the pass also accumulates ``Σ_k ℓ_a``, ``Σ_k ℓ_a²`` and the cross
+    product ``Σ_k ℓ_a·ℓ_b`` of the shifted logs ``ℓ = log(f+ε) − log ε`` (:func:`shifted_log`) in
+    float64 (float64 because the correlation is computed from raw moments, whose cancellation
+    float32 cannot afford), and how many micro-batches give both losses a 0 (``ℓ = 0``). ε of a loss is
     ``EPS_SCALE × mean(f)`` with the mean over all regularised parameters of the *first*
     micro-batch (of the rank with ``holds_first``, under ``reduce``), so it does not depend on
     how the K micro-batches are split over ranks: a streaming pass cannot know the mean over
@@ -448,6 +477,8 @@ class _Accumulator:
         self.log_sums = {loss: [torch.zeros_like(p, **wide) for p in params] for loss in logged}
         self.log_sq_sums = {loss: [torch.zeros_like(p, **wide) for p in params] for loss in logged}
         self.cross_sums = {pair: [torch.zeros_like(p, **wide) for p in params] for pair in pairs}
+        # Counts up to K: exact in float32, half the memory of the float64 moments.
+        self.zero_sums = {pair: [torch.zeros_like(p, dtype=torch.float32) for p in params] for pair in pairs}
         self.samples: dict[str, list[list[Tensor]]] | None = (
             {loss: [[] for _ in params] for loss in losses} if keep_samples else None
         )
@@ -481,7 +512,9 @@ class _Accumulator:
             if self.samples is not None:
                 for kept, f in zip(self.samples[loss], squares[loss], strict=True):
                     kept.append(f)
-        logs = {loss: [torch.log(f.double() + self.eps[loss]) for f in squares[loss]] for loss in self.logged}
+        logs = {
+            loss: [shifted_log(f.double(), self.eps[loss]) for f in squares[loss]] for loss in self.logged
+        }
         for loss in self.logged:
             for s, s2, a in zip(self.log_sums[loss], self.log_sq_sums[loss], logs[loss], strict=True):
                 s.add_(a)
@@ -489,6 +522,8 @@ class _Accumulator:
         for (first, second), cross in self.cross_sums.items():
             for c, a, b in zip(cross, logs[first], logs[second], strict=True):
                 c.addcmul_(a, b)
+            for z, a, b in zip(self.zero_sums[(first, second)], logs[first], logs[second], strict=True):
+                z.add_((a == 0) & (b == 0))
 
     def add_stacked(self, squares: dict[str, list[Tensor]]) -> None:
         """Fold c micro-batches' samples at once (a leading dimension c on every tensor).
@@ -504,7 +539,7 @@ class _Accumulator:
             if self.samples is not None:
                 for kept, f in zip(self.samples[loss], squares[loss], strict=True):
                     kept.extend(f.unbind(0))
-        logs = {loss: [torch.log(f + self.eps[loss]) for f in squares[loss]] for loss in self.logged}
+        logs = {loss: [shifted_log(f, self.eps[loss]) for f in squares[loss]] for loss in self.logged}
         for loss in self.logged:
             for s, s2, a in zip(self.log_sums[loss], self.log_sq_sums[loss], logs[loss], strict=True):
                 for row in a:
@@ -514,6 +549,8 @@ class _Accumulator:
             for c, a, b in zip(cross, logs[first], logs[second], strict=True):
                 for row_a, row_b in zip(a, b, strict=True):
                     c.addcmul_(row_a, row_b)
+            for z, a, b in zip(self.zero_sums[(first, second)], logs[first], logs[second], strict=True):
+                z.add_(((a == 0) & (b == 0)).sum(dim=0))
 
     def finalise(self, reduce: Reduce | None) -> FisherEstimate:
         """Reduce the sums over ranks (if asked) and divide by the total K."""
@@ -539,7 +576,8 @@ class _Accumulator:
                 samples=self._stacked(loss),
             )
         cross = {pair: mean(sums) for pair, sums in self.cross_sums.items()}
-        return FisherEstimate(count=count, losses=stats, log_cross_mean=cross)
+        zeros = {pair: mean(sums) for pair, sums in self.zero_sums.items()}
+        return FisherEstimate(count=count, losses=stats, log_cross_mean=cross, shared_zeros=zeros)
 
     def _stacked(self, loss: str) -> dict[str, Tensor] | None:
         if self.samples is None:

@@ -103,6 +103,10 @@ class CetlConfig(MethodConfig):
     """Divide F by its mean over the regularised set, so λ is scale-free across losses (D4)."""
     rf_estimator: Literal["gaussian", "binned"] = "gaussian"
     """D5: the Relative Fisher estimator (both on Linfoot's scale)."""
+    rf_shared_zeros: Literal["agree", "exclude"] = "exclude"
+    """D5 refinement: micro-batches where both losses' Fisher samples of θ_i are 0 (a ReLU unit
+    inactive on the whole micro-batch) are left out of θ_i's RF (``exclude``), or counted as
+    samples (``agree``, which pulls RF towards 1 by itself)."""
     rf_threshold: Probability = 0.5
     """u in Eq. 10: RF at or above it counts as shared."""
     keep_prob: Probability = 0.9
@@ -418,7 +422,7 @@ class CETL(Method):
         fisher = estimate.fisher(losses[0])
         if c.fisher_norm == "mean":
             fisher = normalise_fisher(fisher)
-        rf = relative_fisher(estimate, *losses, estimator=c.rf_estimator)
+        rf = relative_fisher(estimate, *losses, estimator=c.rf_estimator, shared_zeros=c.rf_shared_zeros)
         if self.variant == "cetl":
             gfi = generalized_fisher(
                 fisher,

@@ -36,7 +36,10 @@ INFO = DataInfo(num_classes=4, channels=1, image_size=28, sizes={}, notes=())
 TRAIN = TrainConfig(
     rounds=2, batch_size=16, max_steps_per_epoch=2, log_every=1, tensorboard=False, progress=False
 )
-JOBS = ("source_only", "cetl")
+JOBS = ("source_only", "cetl", "cetl_fi")
+"""``cetl`` runs with DWA scaled down (``dwa_reduction=mean``): its GFI mask thresholds RF, so
+float rounding flips a few parameters near u, and at full strength those flips (not the
+arithmetic) move the weights apart. ``cetl_fi`` (GFI = F, no mask) checks DWA at full strength."""
 OPTIMIZER = OptimizerConfig(name="sgd", lr=1e-2)
 """SGD, not Adam: Adam divides by √v, so a gradient that is 0 up to rounding gets a step of up to
 lr and rounding-level differences surface amplified (2e-5 here); with SGD they stay ~1e-8."""
@@ -125,7 +128,11 @@ def _make(job: str):
         "digits_mn_to_us",
         method=job,
         profile="smoke",
-        sets=["method.fisher_batches=8"],
+        sets=[
+            "method.fisher_batches=8",
+            "method.recon_reduction=mean",  # SGD at lr 1e-2 on a 784-pixel sum: steps that amplify rounding
+            *(["method.dwa_reduction=mean"] if job == "cetl" else []),
+        ],
     )
     method = build_method(config, INFO, source=source)
     _no_dropout(method.target_net)

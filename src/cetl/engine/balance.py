@@ -9,14 +9,15 @@ with respect to the parameters the update trains, and flags a term that stays un
 
 Measuring never changes training: the per-term gradients are taken with
 ``torch.autograd.grad`` before the ordinary backward of the sum, so a measured step applies
-exactly the gradient an unmeasured one would. Norms are per process (not all-reduced).
+exactly the gradient an unmeasured one would. Under ``torchrun`` the norms are those of the
+global batch (each term's gradient averaged over ranks, on measured steps only).
 """
 
 from __future__ import annotations
 
 import math
 import sys
-from collections.abc import Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -28,7 +29,10 @@ is reported as inert."""
 
 
 def term_gradient_norms(
-    weighted_terms: Mapping[str, Tensor], parameters: Iterable[nn.Parameter]
+    weighted_terms: Mapping[str, Tensor],
+    parameters: Iterable[nn.Parameter],
+    *,
+    reduce: Callable[[Sequence[Tensor]], Sequence[Tensor]] | None = None,
 ) -> dict[str, float]:
     """L2 norm of ∂(weighted term)/∂θ over all of ``parameters``, per term.
 
@@ -38,6 +42,8 @@ def term_gradient_norms(
     Args:
         weighted_terms: ``{name: λ·term}``, scalars still attached to the graph.
         parameters: the update's trainable parameters.
+        reduce: averages a term's gradients over ranks (``World.weighted_mean``), so a
+            multi-process run logs the norms of the global batch, as one process would.
     """
     params = list(parameters)
     norms: dict[str, float] = {}
@@ -46,7 +52,10 @@ def term_gradient_norms(
             norms[name] = 0.0
             continue
         grads = torch.autograd.grad(term, params, retain_graph=True, allow_unused=True)
-        squares = [g.float().square().sum() for g in grads if g is not None]
+        present = [g for g in grads if g is not None]
+        if reduce is not None and present:
+            present = list(reduce(present))
+        squares = [g.float().square().sum() for g in present]
         norms[name] = float(torch.stack(squares).sum().sqrt()) if squares else 0.0
     return norms
 

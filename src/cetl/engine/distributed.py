@@ -35,7 +35,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import os
-from collections.abc import Iterable, Iterator, Mapping
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -133,20 +133,32 @@ class World:
         grads = [p.grad for p in parameters if p.grad is not None]
         names = list(terms)
         device = grads[0].device if grads else next(iter(terms.values())).device
-        ones = torch.ones((), device=device)
-        scalars = torch.stack([terms[name].detach().float().to(device) for name in names] + [ones])
+        scalars = torch.stack([terms[name].detach().float().to(device) for name in names])
+        *mean_grads, means = self.weighted_mean([*grads, scalars], count)
+        for g, mean in zip(grads, mean_grads, strict=True):
+            g.copy_(mean)
+        return {name: means[i] for i, name in enumerate(names)}
+
+    def weighted_mean(self, tensors: Sequence[Tensor], count: int) -> list[Tensor]:
+        """Each tensor averaged over ranks, weighted by each rank's ``count`` of examples (float32).
+
+        One all-reduce carries all of them and the counts, so a global-batch mean costs one
+        collective whatever the number of tensors. A single process returns ``tensors`` as they are.
+        """
+        if not self.distributed:
+            return list(tensors)
         weight = float(count)
-        flat = [g.reshape(-1).float() * weight for g in grads]
-        flat.append(scalars * weight)  # the last entry sums to N
+        device = tensors[0].device
+        flat = [t.reshape(-1).float() * weight for t in tensors]
+        flat.append(torch.full((1,), weight, device=device))  # sums to N, the global batch
         buffer = torch.cat(flat)
         dist.all_reduce(buffer)
         total = buffer[-1]
-        offset = 0
-        for g in grads:
-            g.copy_((buffer[offset : offset + g.numel()] / total).view_as(g))
-            offset += g.numel()
-        means = buffer[offset:-1] / total
-        return {name: means[i] for i, name in enumerate(names)}
+        means, offset = [], 0
+        for t in tensors:
+            means.append((buffer[offset : offset + t.numel()] / total).view(t.shape))
+            offset += t.numel()
+        return means
 
     def sum(self, tensor: Tensor) -> Tensor:
         """``tensor`` summed over ranks (a new tensor; the Fisher estimator's ``reduce``)."""

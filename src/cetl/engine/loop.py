@@ -151,17 +151,17 @@ def run_update(
         terms = update.losses(batch)
     weighted = {name: update.weights.get(name, 1.0) * term.float() for name, term in terms.items()}
     total = sum(weighted.values())
+    examples = batch.x if batch.x is not None else batch.x_tgt
+    count = len(examples) if examples is not None else 1
     if norms_out is not None and len(weighted) > 1:
-        norms_out.update(term_gradient_norms(weighted, update.parameters()))
+        reduce = (lambda grads: world.weighted_mean(grads, count)) if world.distributed else None
+        norms_out.update(term_gradient_norms(weighted, update.parameters(), reduce=reduce))
     optimizer.zero_grad(set_to_none=True)
     total.backward()
-    if norms_out is not None and len(weighted) == 1:
+    terms = world.reduce_step(update.parameters(), {**terms, "loss": total}, count)
+    if norms_out is not None and len(weighted) == 1:  # the summed gradient is the term's own
         grads = [p.grad.float().square().sum() for p in update.parameters() if p.grad is not None]
         norms_out[next(iter(weighted))] = float(torch.stack(grads).sum().sqrt()) if grads else 0.0
-    examples = batch.x if batch.x is not None else batch.x_tgt
-    terms = world.reduce_step(
-        update.parameters(), {**terms, "loss": total}, len(examples) if examples is not None else 1
-    )
     if skip_non_finite and not bool(torch.isfinite(terms["loss"])):
         optimizer.zero_grad(set_to_none=True)
         return None

@@ -1,6 +1,7 @@
 """Hand-run benchmark: `cetl compare` over digit experiments, with results copied here.
 
-Usage (writes ``benchmarks/results/<name>_<experiment>.md`` and ``.json``)::
+Usage (writes ``benchmarks/results/<name>/<experiment>/``: ``compare.md``, ``compare.json`` and
+the plots it links; the data root's path is written as ``$CETL_DATA_ROOT``)::
 
     CETL_DATA_ROOT=../shared/datasets python benchmarks/digits.py --name table5_quick \\
         --methods source_only,sa,dann,drcn,adda,cetl --experiments digits_mn_to_us digits_us_to_mn
@@ -50,10 +51,16 @@ def main() -> None:
             data_root=resolve_data_root(None),
             sets=args.set,
         )
-        stem = RESULTS / f"{args.name}_{experiment}"
-        text = (folder / "compare.md").read_text(encoding="utf-8")
-        stem.with_suffix(".md").write_text(f"{text}\nMachine: {machine}.\n", encoding="utf-8")
-        shutil.copyfile(folder / "compare.json", stem.with_suffix(".json"))
+        # One folder per experiment: the table, its JSON and the PNGs compare.md links.
+        target = RESULTS / args.name / experiment
+        target.mkdir(parents=True, exist_ok=True)
+        root = str(resolve_data_root(None).path)
+        text = (folder / "compare.md").read_text(encoding="utf-8").replace(root, "$CETL_DATA_ROOT")
+        (target / "compare.md").write_text(f"{text}\nMachine: {machine}.\n", encoding="utf-8")
+        json_text = (folder / "compare.json").read_text(encoding="utf-8").replace(root, "$CETL_DATA_ROOT")
+        (target / "compare.json").write_text(json_text, encoding="utf-8")
+        for png in folder.glob("*.png"):
+            shutil.copyfile(png, target / png.name)
         print(text)
 
 

@@ -15,7 +15,7 @@ from cetl.experiments.paper import TABLES
 from cetl.report.collect import Run, balance_records
 from cetl.report.render import balance_series, stage_curve
 from cetl.report.tables import CellResult, Header, TableResult, write_table_report
-from test_report import EXPECTED_TABLE4_REPORT, _run_summary, _table4_result
+from test_report import EXPECTED_TABLE4_REPORT, TABLE4_HEADER, _run_summary, _table4_result
 
 PNG = b"\x89PNG\r\n\x1a\n"
 RECON = "reconstruct_target/decoder_and_target_net"
@@ -277,13 +277,7 @@ def test_report_of_runs_without_the_new_data_is_unchanged(tmp_path):
             for c in result.cells
         ),
     )
-    header = Header(
-        profile="quick",
-        seeds=(0, 1),
-        hardware="x86_64 CPU, 2 cores",
-        command="cetl reproduce table4 --profile quick --seeds 2",
-        extra=("- elapsed: 5m00s",),
-    )
+    header = TABLE4_HEADER
     out = tmp_path / "report"
     assert write_table_report([result], header, out).read_text() == EXPECTED_TABLE4_REPORT
     assert not list(out.glob("balance_*")) and not list(out.glob("stages_*"))

@@ -208,14 +208,17 @@ network (METHOD.md §8), so at a CPU profile it is context, not a target.
 """
 
 
+TABLE4_HEADER = Header(
+    profile="quick",
+    seeds=(0, 1),
+    hardware="x86_64 CPU, 2 cores",
+    command="cetl reproduce table4 --profile quick --seeds 2",
+    extra=("- elapsed: 5m00s",),
+)
+
+
 def test_table_report_text_is_exact_and_results_json_has_every_cell(tmp_path):
-    header = Header(
-        profile="quick",
-        seeds=(0, 1),
-        hardware="x86_64 CPU, 2 cores",
-        command="cetl reproduce table4 --profile quick --seeds 2",
-        extra=("- elapsed: 5m00s",),
-    )
+    header = TABLE4_HEADER
     out = tmp_path / "report"
     path = write_table_report([_table4_result(tmp_path)], header, out)
     assert path.read_text() == EXPECTED_TABLE4_REPORT

@@ -71,8 +71,10 @@ class CetlConfig(MethodConfig):
     recon_target: Literal["frozen", "live"] = "frozen"
     """D3: the target of ``L_r^t`` is T1′(S(x)) with T1′ frozen at the end of stage 1
     (``frozen``), or T1(S(x)) from the T1 being trained, detached (``live``)."""
-    classify_weight: Probability = 0.7
-    """λ of Eq. 3 (``cetl_f``, ``cetl_u``): ``λ L_c^t + (1−λ) L_r^t``; 0.7 as DRCN."""
+    classify_weight: Probability = 0.997
+    """λ of Eq. 3 (``cetl_f``, ``cetl_u``): ``λ L_c^t + (1−λ) L_r^t``. Chosen on source validation
+    from {0.7, 0.97, 0.997} (METHOD.md §10): with the per-image ‖·‖² the reconstruction gradient
+    is ~30× the cross-entropy's, so DRCN's 0.7 let reconstruction drown classification."""
     e2e_recon_source_weight: NonNegativeFloat = 0.3
     """λ1 of Eq. 6 (``cetl_e2e``)."""
     e2e_classify_weight: NonNegativeFloat = 0.7
@@ -111,12 +113,13 @@ class CetlConfig(MethodConfig):
     """u in Eq. 10: RF at or above it counts as shared."""
     keep_prob: Probability = 0.9
     """p in Eq. 10: keep a shared parameter's Fisher with probability p (a private one, 1 − p)."""
-    dwa1_weight: NonNegativeFloat = 1.0
-    """λ of DWA1 (Eq. 11): protects stage 1's T1 during stage 2."""
-    dwa2_weight: NonNegativeFloat = 1.0
-    """λ of DWA2: protects stage 2's T1 during the next round's stage 1."""
-    dwa3_weight: NonNegativeFloat = 1.0
-    """λ of DWA3: protects stage 2's T2 during stage 3."""
+    dwa1_weight: NonNegativeFloat = 102.4
+    """λ of DWA1 (Eq. 11): protects stage 1's T1 during stage 2. Calibrated (METHOD.md §10) as
+    D·λ with λ = 0.1 and D = 1,024 pixels, since it sits beside a squared error summed over D."""
+    dwa2_weight: NonNegativeFloat = 102.4
+    """λ of DWA2: protects stage 2's T1 during the next round's stage 1 (D·λ, as DWA1)."""
+    dwa3_weight: NonNegativeFloat = 0.1
+    """λ of DWA3: protects stage 2's T2 during stage 3, beside the cross-entropy (λ = 0.1, §10)."""
     dwa_reduction: Literal["mean", "sum"] = "sum"
     """Eq. 11 literally (``sum``), or divided by the number of parameters (``mean``), which made
     DWA inert: 1e-4 to 1e-3 of its update's task gradient (METHOD.md §10)."""

@@ -254,14 +254,7 @@ class CETL(Method):
                 ),
             )
             if round_index == 0:
-                first = Stage(
-                    "reconstruct_source",
-                    ("target",),
-                    (Update("decoder", t1_path, self._reconstruct_source),),
-                    on_end=self._freeze_decoder,
-                    epochs=self.config.phase1_epochs,
-                )
-                return [first, coupled]
+                return [self._decoder_warmup(self.config.phase1_epochs), coupled]
             return [coupled]
         weights = {
             "recon_source": self.config.e2e_recon_source_weight,
@@ -274,15 +267,15 @@ class CETL(Method):
         if round_index == 0 and self.config.e2e_warmup_epochs > 0:
             # D11: T1′ must decode S before it is a target; frozen at random, round 0 would
             # train T1∘T2 to reproduce a blank image.
-            warmup = Stage(
-                "reconstruct_source",
-                ("target",),
-                (Update("decoder", t1_path, self._reconstruct_source),),
-                on_end=self._freeze_decoder,
-                epochs=self.config.e2e_warmup_epochs,
-            )
-            stages.insert(0, warmup)
+            stages.insert(0, self._decoder_warmup(self.config.e2e_warmup_epochs))
         return stages
+
+    def _decoder_warmup(self, epochs: int) -> Stage:
+        """T1∘S alone for ``epochs`` (``L_r^s``), then T1′ frozen as the reconstruction target: the
+        first phase of ``cetl_f``/``cetl_u`` and ``cetl_e2e``'s warm-up (D11)."""
+        t1_path = (self.decoder, self.source_adapter)
+        update = Update("decoder", t1_path, self._reconstruct_source)
+        return Stage("reconstruct_source", ("target",), (update,), on_end=self._freeze_decoder, epochs=epochs)
 
     # ------------------------------------------------------------------ loss terms
 

@@ -867,7 +867,10 @@ def main() -> None:
     spec = PINNED["quick" if args.quick else "full"]
     device = loop.resolve_device(args.device)
     out = args.out or RESULTS / f"speed_{device.type if device.type == 'cpu' else 'gpu'}_{spec.name}.json"
-    command = "python benchmarks/speed.py" + (" --quick" if args.quick else "") + f" --out {out}"
+    # Recorded in committed results: never this machine's absolute path, only its name there.
+    resolved, here = Path(out).resolve(), Path.cwd()
+    shown = resolved.relative_to(here) if resolved.is_relative_to(here) else f"$OUT/{resolved.name}"
+    command = "python benchmarks/speed.py" + (" --quick" if args.quick else "") + f" --out {shown}"
     print(f"speed: {spec.name} on {card_name(device)} -> {out}", file=sys.stderr)
     parts = None if args.parts is None else tuple(args.parts.split(","))
     if parts is not None:

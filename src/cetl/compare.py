@@ -34,9 +34,9 @@ from cetl.errors import ConfigError, RunError
 from cetl.experiments import resolve
 from cetl.experiments.paper import paper_accuracy
 from cetl.methods import METHODS
-from cetl.report.collect import Run, balance_records
-from cetl.report.render import format_ratio, plot_stage_curves, plot_term_balance
-from cetl.report.tables import format_duration, sample_std
+from cetl.report.collect import Run
+from cetl.report.render import format_ratio
+from cetl.report.tables import format_duration, plot_balance_and_stages, sample_std
 from cetl.runs import LAST_CHECKPOINT, config_differences, read_config, read_summary, train_run
 
 ORACLE_METHODS = frozenset({"target_only"})
@@ -292,18 +292,19 @@ def _write_plots(
     balance, stages = [], []
     for row in rows:
         seed = row.seeds[0]
-        first = summaries[row.method][seed]
-        name = f"balance_{row.method}.png"
-        # ``folder`` is OUT/<experiment>/<profile>; gated on the summary so runs from before
-        # term balance cost no read of their metrics.jsonl.
-        run = Run(cell_dir(folder.parent.parent, experiment, profile, row.method, seed), first)
-        title = f"{row.method}, {experiment}, seed {seed}"
-        if first.get("term_balance") and plot_term_balance(balance_records(run), folder / name, title=title):
-            balance.append(f"![{row.method}, seed {seed}: gradient norm per loss term]({name})")
-        name = f"stages_{row.method}.png"
-        runs = [summaries[row.method][s] for s in row.seeds]
-        if plot_stage_curves(runs, folder / name, title=f"{row.method}, {experiment}"):
-            stages.append(f"![{row.method}: accuracy after every stage]({name})")
+        # ``folder`` is OUT/<experiment>/<profile>: the cells lie below it.
+        runs = [
+            Run(cell_dir(folder.parent.parent, experiment, profile, row.method, s), summaries[row.method][s])
+            for s in row.seeds
+        ]
+        has_balance, has_stages = plot_balance_and_stages(
+            runs, folder, name=row.method, title=f"{row.method}, {experiment}"
+        )
+        if has_balance:
+            caption = f"{row.method}, seed {seed}: gradient norm per loss term"
+            balance.append(f"![{caption}](balance_{row.method}.png)")
+        if has_stages:
+            stages.append(f"![{row.method}: accuracy after every stage](stages_{row.method}.png)")
     return _paragraphs(balance), ("\n## Accuracy after every stage\n" + _paragraphs(stages) if stages else "")
 
 

@@ -15,7 +15,6 @@ global batch (each term's gradient averaged over ranks, on measured steps only).
 
 from __future__ import annotations
 
-import math
 import sys
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
@@ -137,7 +136,6 @@ class BalanceTracker:
                     "measurements": entry["n"],
                 }
                 for term, entry in terms.items()
-                if entry["n"] and math.isfinite(entry["sum_norm"])
             }
             for key, terms in self.state["totals"].items()
         }

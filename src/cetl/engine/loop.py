@@ -367,31 +367,22 @@ def train(
             compiled[update.losses] = torch.compile(update.losses)
         return dataclasses.replace(update, losses=compiled[update.losses])
 
-    balance_failed: set[str] = set()
-
     def step_update(
         stage: Stage, update: Update, batch: Batch, *, measure: bool, round_index: int
     ) -> dict[str, Tensor] | None:
         """:func:`run_update` with the engine's settings; on ``measure`` steps also the term
         balance (D10), logged as a ``kind: balance`` record."""
-        key = f"{stage.name}/{update.name}"
-        norms: dict[str, float] | None = {} if measure and key not in balance_failed else None
-        settings = {
-            "max_grad_norm": optimizer_config.max_grad_norm,
-            "autocast": autocast,
-            "world": world,
-            "skip_non_finite": skip_non_finite,
-        }
-        try:
-            terms = run_update(update, batch, optimizer_for(stage, update), norms_out=norms, **settings)
-        except RuntimeError as error:
-            if norms is None:
-                raise
-            # A graph that cannot be differentiated twice (e.g. compiled): train on, unmeasured.
-            # A genuine failure fails again below, without the measurement.
-            balance_failed.add(key)
-            print(f"cetl: term balance not measured for {key}: {error}", file=sys.stderr)
-            return run_update(update, batch, optimizer_for(stage, update), **settings)
+        norms: dict[str, float] | None = {} if measure else None
+        terms = run_update(
+            update,
+            batch,
+            optimizer_for(stage, update),
+            max_grad_norm=optimizer_config.max_grad_norm,
+            autocast=autocast,
+            world=world,
+            skip_non_finite=skip_non_finite,
+            norms_out=norms,
+        )
         if norms:
             balance.add(stage.name, update.name, norms)
             record = {"kind": "balance", "round": round_index, "stage": stage.name, "update": update.name}

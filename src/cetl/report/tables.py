@@ -293,20 +293,31 @@ def _write_cell_plots(
 ) -> None:
     """Term balance of the cell's first seed (as the GFI plot) and its accuracy after every
     stage (mean over seeds), where the runs logged them."""
-    first = cell.runs[0]
+    seed = cell.runs[0].seed
     where = f"{table}, {cell.cell.column}, {cell.cell.row}"
     # Named by column and row: a column can hold one method in several rows (Table 3).
     slug = f"{table}_{_slug(cell.cell.column)}_{_slug(cell.cell.row)}"
-    # Gated on the summary so runs from before term balance cost no read of metrics.jsonl.
-    name = f"balance_{slug}.png"
-    if first.summary.get("term_balance") and plot_term_balance(
-        balance_records(first), out_dir / name, title=f"{cell.cell.method}, {where}, seed {first.seed}"
-    ):
-        plots["balance"].append((f"{where}, seed {first.seed}: gradient norm per loss term", name))
-    name = f"stages_{slug}.png"
-    summaries = [run.summary for run in cell.runs]
-    if plot_stage_curves(summaries, out_dir / name, title=f"{cell.cell.method}, {where}"):
-        plots["stages"].append((f"{where}: accuracy after every stage", name))
+    balance, stages = plot_balance_and_stages(
+        cell.runs, out_dir, name=slug, title=f"{cell.cell.method}, {where}"
+    )
+    if balance:
+        plots["balance"].append((f"{where}, seed {seed}: gradient norm per loss term", f"balance_{slug}.png"))
+    if stages:
+        plots["stages"].append((f"{where}: accuracy after every stage", f"stages_{slug}.png"))
+
+
+def plot_balance_and_stages(
+    runs: Sequence[Run], out_dir: Path, *, name: str, title: str
+) -> tuple[bool, bool]:
+    """``balance_<name>.png``, the term balance of the first run, and
+    ``stages_<name>.png``, the accuracy after every stage over all runs; whether each had data.
+    Gated on the summary, so runs from before term balance cost no read of their metrics.jsonl."""
+    first = runs[0]
+    balance = bool(first.summary.get("term_balance")) and plot_term_balance(
+        balance_records(first), out_dir / f"balance_{name}.png", title=f"{title}, seed {first.seed}"
+    )
+    stages = plot_stage_curves([run.summary for run in runs], out_dir / f"stages_{name}.png", title=title)
+    return balance, stages
 
 
 SECTIONS = {

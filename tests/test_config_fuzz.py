@@ -138,7 +138,7 @@ def test_any_config_file_text_loads_or_raises_config_error(text):
         ("optimizer.max_grad_norm=0", "invalid value 0 for 'optimizer.max_grad_norm': must be > 0"),
         ("train.batch_size=0", "invalid value 0 for 'train.batch_size': must be >= 1"),
         ("train.rounds=0", "invalid value 0 for 'train.rounds': must be >= 1"),
-        ("data.val_fraction=1.5", "invalid value 1.5 for 'data.val_fraction': must be in (0, 1)"),
+        ("data.val_fraction=1.5", "invalid value 1.5 for 'data.val_fraction': must be in [0, 1)"),
         ("data.test_limit=-5", "invalid value -5 for 'data.test_limit': must be >= 1"),
         ("seed=-1", "invalid value -1 for 'seed': must be >= 0"),
         ("source.temperature=0", "invalid value 0 for 'source.temperature': must be > 0"),

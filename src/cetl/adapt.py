@@ -31,7 +31,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import math
 import os
 import tempfile
 from collections.abc import Mapping, Sequence
@@ -338,15 +337,14 @@ def _check_labels_per_class(dataset: str, per_class: int, root: DataRoot | None)
 
 def _classify_epochs(config: ExperimentConfig, spec: Any, labels_per_class: int | None) -> int:
     """Classification epochs per round so that few labels still get enough steps (module docstring)."""
-    from cetl.experiments.adapt import CLASSIFY_STEPS_PER_ROUND
+    from cetl.experiments.adapt import classify_epochs
 
     if labels_per_class is None:
         return config.train.stage_epochs
     labelled = labels_per_class * spec.num_classes
-    if "val" not in spec.splits:
+    if "val" not in spec.splits and config.data.val_fraction > 0:  # split_validation's hold-out
         labelled -= max(1, round(labelled * config.data.val_fraction))
-    steps = min(max(1, labelled // config.train.batch_size), config.train.max_steps_per_epoch or labelled)
-    return max(config.train.stage_epochs, math.ceil(CLASSIFY_STEPS_PER_ROUND[config.profile] / steps))
+    return classify_epochs(config.train, config.profile, labelled)
 
 
 # --------------------------------------------------------------------------- outputs

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -18,7 +19,7 @@ from cetl.data.datasets import RawSplit, dataset_variant, find_spec, load_raw
 from cetl.data.digits import (
     PROTOCOLS,
     LabelledSet,
-    per_class_subset,
+    per_class_indices,
     seeded_generator,
     seeded_subset,
     split_validation,
@@ -53,15 +54,19 @@ class DataInfo:
     notes: tuple[str, ...]
     variants: dict[str, str] = field(default_factory=dict)
     """``full`` or ``subset`` per dataset read (a subset's numbers are not comparable)."""
+    label_draw: dict[str, Any] | None = None
+    """The few labelled target images (``target_labels_per_class``): seed, count per class and
+    indices into the target training set as the run reads it (after its seeded subset)."""
 
 
 def build_training_data(
-    config: DataConfig, *, root: DataRoot, labelled_domain: str
+    config: DataConfig, *, root: DataRoot, labelled_domain: str, seed: int = 0
 ) -> tuple[TrainingData, DataInfo]:
     """Load, subset, resize and split the data of a run.
 
     ``labelled_domain`` (the method's) decides whether the labelled stream holds source
-    or target training images. Target test labels are loaded only to report accuracy.
+    or target training images. ``seed`` is the run's: it draws the few labelled target images
+    unless ``data.labels_seed`` fixes them. Target test labels are loaded only to report accuracy.
     """
     protocol = PROTOCOLS[config.protocol]
     source_classes = protocol_num_classes(config.source, protocol)
@@ -100,14 +105,21 @@ def build_training_data(
         ),
         protocol,
     )
-    few_target = None
+    few_target = label_draw = None
     if config.target_labels_per_class > 0:
-        few_target = per_class_subset(
-            target_train,
+        draw_seed = seed if config.labels_seed is None else config.labels_seed
+        chosen = per_class_indices(
+            target_train.y,
             config.target_labels_per_class,
-            seed=config.split_seed,
+            seed=draw_seed,
             name=f"{draw_name(config.target)}/train",
         )
+        few_target = LabelledSet(target_train.x[chosen], target_train.y[chosen])
+        label_draw = {
+            "seed": draw_seed,
+            "per_class": config.target_labels_per_class,
+            "indices": chosen.tolist(),
+        }
     labelled_all = (
         source_train if labelled_domain == "source" else (target_train if few_target is None else few_target)
     )
@@ -146,6 +158,7 @@ def build_training_data(
         variants={
             name: dataset_variant(name, root) for name in dict.fromkeys((config.source, config.target))
         },
+        label_draw=label_draw,
     )
     return data, info
 

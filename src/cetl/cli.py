@@ -188,10 +188,13 @@ def _adapt_parser(commands: argparse._SubParsersAction) -> None:
 def _reproduce_parsers(commands: argparse._SubParsersAction) -> None:
     """``cetl reproduce`` (a paper table's cells × seeds) and ``cetl report`` (their tables and plots)."""
     reproduce = commands.add_parser(
-        "reproduce", help="run a paper table's cells × seeds (resumable) and report them beside the paper"
+        "reproduce",
+        help="run a paper table's (or a study's) cells × seeds (resumable) and report them beside the paper",
     )
     reproduce.add_argument(
-        "table", metavar="TABLE", help="table2, table3, table4 or table5 (cetl list tables)"
+        "table",
+        metavar="TABLE",
+        help="table2 … table5, or a study such as label_efficiency_mn_to_us (cetl list tables)",
     )
     reproduce.add_argument("--profile", default="quick", help="smoke, quick (default) or paper")
     reproduce.add_argument("--seeds", type=_positive_int, default=3, help="seeds 0..N-1 (default: 3)")
@@ -349,6 +352,7 @@ def _show_config(args: argparse.Namespace) -> int:
 def _list(args: argparse.Namespace) -> int:
     from cetl.data.datasets import DATASETS
     from cetl.experiments import EXPERIMENTS
+    from cetl.experiments.label_efficiency import STUDIES
     from cetl.experiments.paper import TABLES
     from cetl.methods import METHODS
     from cetl.networks import NETWORKS
@@ -360,7 +364,7 @@ def _list(args: argparse.Namespace) -> int:
         "networks": NETWORKS.names(),
         "datasets": DATASETS.names(),
         "sources": [],
-        "tables": list(TABLES),
+        "tables": [*TABLES, *STUDIES],
     }
     for what in [args.what] if args.what else LISTABLE:
         if args.what:

@@ -112,14 +112,22 @@ def parse_methods(text: str) -> list[str]:
 def cell_config(
     experiment: str, method: str, seed: int, *, profile: str, sets: Sequence[str], out: Path
 ) -> ExperimentConfig:
-    """The config of one cell; S is the same seed's ``source_only`` cell beside it."""
+    """The config of one cell; S is the same seed's ``source_only`` cell beside it, or, for
+    ``source.kind=experiment``, that experiment's ``source_only`` cell in the same ``out``."""
     config = resolve(experiment, method=method, profile=profile, seed=seed, sets=list(sets))
-    if uses_source(config) and config.source.kind == "source_only" and not config.source.path:
+    if not uses_source(config) or config.source.path:
+        return config
+    if config.source.kind == "source_only":
         # S of this seed inside the comparison's own folder: the source_only cell, or a teacher's
         # folder beside it when S is another network than T2 (distillation).
         teacher = config.source.network
         folder = "source_only" if teacher in (None, config.network.name) else f"source_only-{teacher}"
         shared_s = cell_dir(out, experiment, profile, folder, seed)
+        config = merge(config, {"source": {"path": str(shared_s)}})
+    elif config.source.kind == "experiment" and config.source.experiment:
+        # One S per seed for every study that borrows it (Table 3's CI-CNN, the label-efficiency
+        # curves): the DA comparison of that experiment in this out reuses it as its own.
+        shared_s = cell_dir(out, config.source.experiment, profile, "source_only", seed)
         config = merge(config, {"source": {"path": str(shared_s)}})
     return config
 

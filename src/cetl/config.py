@@ -93,11 +93,18 @@ class DataConfig:
     """Use a seeded subset of this many target training images (``None``: the protocol's count)."""
     test_limit: PositiveInt | None = None
     """Evaluate on a seeded subset of the target test set (``None``: all of it; only ``smoke`` sets it)."""
-    val_fraction: Annotated[float, Range(gt=0, lt=1)] = 0.1
+    val_fraction: Annotated[float, Range(ge=0, lt=1)] = 0.1
     """Fraction of the labelled training data held out for model selection (not used when the
-    labelled dataset is the user's own with a ``val`` split: that split is the validation set)."""
+    labelled dataset is the user's own with a ``val`` split: that split is the validation set).
+    ``0`` holds nothing out, for a few labels per class where a hold-out would leave a class
+    without training images: no validation accuracy is measured (``null`` in ``summary.json``),
+    so selection must be ``last`` or an unsupervised rule."""
     split_seed: NonNegativeInt = 0
     """Seed of the subset and validation splits; separate from ``seed`` so seeds share one split."""
+    labels_seed: NonNegativeInt | None = None
+    """Seed of the few-label draw (``target_labels_per_class``); ``None``: the run's ``seed``,
+    so each seed of a study trains on its own labelled images (the draw is recorded in
+    ``summary.json`` as ``label_draw``). Fix it to separate the draw's variance from the run's."""
     transductive: bool = False
     """Unlabelled target images from the target *test* split, as DRCN's own code did (METHOD.md §8)."""
     target_labels_per_class: NonNegativeInt = 0

@@ -35,6 +35,7 @@ from cetl.data.datasets import find_spec, is_custom
 from cetl.data.root import DataRoot
 from cetl.engine.checkpoint import atomic_write_json
 from cetl.errors import CetlError, ConfigError, RunError
+from cetl.experiments.label_efficiency import STUDIES
 from cetl.experiments.paper import TABLES, TEACHER, Cell, Table
 from cetl.methods import METHODS
 from cetl.registry import did_you_mean
@@ -77,18 +78,21 @@ class Task:
 
 
 def get_table(name: str) -> Table:
-    """A table by name (``table5``; ``5`` and ``Table5`` too).
+    """A paper table by name (``table5``; ``5`` and ``Table5`` too) or a study
+    (``label_efficiency_mn_to_us``).
 
     Raises:
         ConfigError: unknown table, with the known ones.
     """
-    key = name.lower().removeprefix("table")
-    key = f"table{key}"
-    if key not in TABLES:
+    known = {**TABLES, **STUDIES}
+    key = name.lower()
+    if key not in STUDIES:
+        key = f"table{key.removeprefix('table')}"
+    if key not in known:
         raise ConfigError(
-            f"unknown table '{name}';{did_you_mean(name, list(TABLES))} known: {', '.join(TABLES)}"
+            f"unknown table '{name}';{did_you_mean(name, list(known))} known: {', '.join(known)}"
         )
-    return TABLES[key]
+    return known[key]
 
 
 def select_cells(table: Table, only: Sequence[str]) -> list[Cell]:

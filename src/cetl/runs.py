@@ -159,7 +159,11 @@ def source_run_config(config: ExperimentConfig) -> ExperimentConfig:
     if config.source.kind == "experiment":  # S is another experiment's own run (Table 3's CI-CNN)
         if not config.source.experiment:
             raise RunError("source.kind=experiment needs source.experiment, e.g. pretrain_cicnn_cifar100")
-        return merge(EXPERIMENTS.get(config.source.experiment)(config.profile), {"seed": config.seed})
+        # S is that experiment's source_only run (the pretrain_* experiments are nothing else).
+        return merge(
+            EXPERIMENTS.get(config.source.experiment)(config.profile),
+            {"method": {"name": "source_only"}, "seed": config.seed},
+        )
     base = EXPERIMENTS.get(config.experiment)(config.profile)
     base = merge(base, {"method": {"name": "source_only"}, "seed": config.seed})
     network = config.network
@@ -240,7 +244,9 @@ def train_run(
     source_dir = None
     if uses_source(config) and config.source.kind in ("source_only", "run", "experiment"):
         source_dir = ensure_source_run(config, data_root=data_root)
-    data, info = build_training_data(config.data, root=data_root, labelled_domain=labelled_domain(config))
+    data, info = build_training_data(
+        config.data, root=data_root, labelled_domain=labelled_domain(config), seed=config.seed
+    )
     if config.profile == "paper" and resolve_device(config.train.device).type == "cpu":
         info = dataclasses.replace(
             info,
@@ -295,10 +301,13 @@ def train_run(
         "transductive": config.data.transductive,
         "data_root": data_root.describe(),
         "data_root_origin": data_root.origin,
+        "num_classes": info.num_classes,
         "data_sizes": info.sizes,
         "data_variants": info.variants,
         "data_notes": list(info.notes),
     }
+    if info.label_draw is not None:
+        summary["label_draw"] = info.label_draw
     if source is not None:
         summary["source"] = source.description
         summary["source_run"] = str(source_dir) if source_dir is not None else None
@@ -382,11 +391,17 @@ def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, TapNetwork, DataIn
 def evaluate_run(run_dir: Path, *, data_root: DataRoot) -> dict[str, Any]:
     """Re-evaluate a run's selected T2 on its validation and target test data; writes ``eval.json``."""
     config, net, _ = load_target_net(run_dir)
-    data, _ = build_training_data(config.data, root=data_root, labelled_domain=labelled_domain(config))
+    data, _ = build_training_data(
+        config.data, root=data_root, labelled_domain=labelled_domain(config), seed=config.seed
+    )
     report = {
         "experiment": config.experiment,
         "method": config.method.name,
-        "val_accuracy": accuracy(net, data.labelled_val, autocast=contextlib.nullcontext()),
+        "val_accuracy": (
+            accuracy(net, data.labelled_val, autocast=contextlib.nullcontext())
+            if len(data.labelled_val)
+            else None
+        ),
         "target_test_accuracy": accuracy(net, data.target_test, autocast=contextlib.nullcontext()),
         "target_test_size": len(data.target_test),
         "data_root": data_root.describe(),

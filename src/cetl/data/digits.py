@@ -104,8 +104,9 @@ def seeded_subset(raw: RawSplit, count: int | None, *, seed: int, name: str) -> 
     return raw.select(order[:count])
 
 
-def per_class_subset(data: LabelledSet, per_class: int, *, seed: int, name: str) -> LabelledSet:
-    """``per_class`` images of every class, drawn by a seeded permutation (few-label settings).
+def per_class_indices(labels: Tensor, per_class: int, *, seed: int, name: str) -> Tensor:
+    """Sorted indices of ``per_class`` images of every class, drawn by a seeded permutation
+    (few-label settings); a run records them so its labelled images can be named later.
 
     Raises:
         ConfigError: ``per_class`` is not positive, or a class has fewer images than asked.
@@ -114,24 +115,29 @@ def per_class_subset(data: LabelledSet, per_class: int, *, seed: int, name: str)
         raise ConfigError(f"labels per class must be positive, got {per_class} for {name}")
     generator = seeded_generator(seed, "per_class", name)
     chosen = []
-    for label in torch.unique(data.y).tolist():  # sorted, so the draw order is fixed
-        members = torch.nonzero(data.y == label).squeeze(1)
+    for label in torch.unique(labels).tolist():  # sorted, so the draw order is fixed
+        members = torch.nonzero(labels == label).squeeze(1)
         if len(members) < per_class:
             raise ConfigError(
                 f"{name} has {len(members)} images of class {label}, fewer than the {per_class} "
                 f"labels per class asked for; lower data.target_labels_per_class"
             )
         chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
-    index = torch.cat(chosen).sort().values
-    return LabelledSet(data.x[index], data.y[index])
+    return torch.cat(chosen).sort().values
 
 
 def split_validation(
     data: LabelledSet, fraction: float, *, seed: int, name: str
 ) -> tuple[LabelledSet, LabelledSet]:
-    """Hold out ``fraction`` of ``data`` (seeded) for model selection; returns (train, val)."""
-    if not 0.0 < fraction < 1.0:
-        raise ConfigError(f"data.val_fraction must be in (0, 1), got {fraction}")
+    """Hold out ``fraction`` of ``data`` (seeded) for model selection; returns (train, val).
+
+    ``fraction`` 0 holds nothing out: ``val`` is empty (a few labels per class, where a
+    hold-out would leave classes without a training image).
+    """
+    if not 0.0 <= fraction < 1.0:
+        raise ConfigError(f"data.val_fraction must be in [0, 1), got {fraction}")
+    if fraction == 0.0:
+        return data, LabelledSet(data.x[:0], data.y[:0])
     count = max(1, round(len(data) * fraction))
     if count >= len(data):
         raise ConfigError(

@@ -57,7 +57,8 @@ class TrainingResult:
     selected_by: str
     selected_round: int
     target_test_accuracy: float
-    val_accuracy: float
+    val_accuracy: float | None
+    """``None`` when nothing is held out for validation (``data.val_fraction=0``)."""
     rounds: int
     steps: dict[str, int]
     term_steps: dict[str, int]
@@ -390,11 +391,14 @@ def train(
             log.write({**record, "step": state.global_step + 1, **values}, step=state.global_step + 1)
         return terms
 
-    def evaluate_accuracies() -> dict[str, float]:
-        """Labelled-validation accuracy (selection reads it) and target test accuracy (reported only)."""
+    def evaluate_accuracies() -> dict[str, float | None]:
+        """Labelled-validation accuracy (selection reads it; ``None`` without a validation split)
+        and target test accuracy (reported only)."""
         return {
-            "val_accuracy": accuracy(
-                method, data.labelled_val, autocast=autocast, predict=method.predict_labelled
+            "val_accuracy": (
+                accuracy(method, data.labelled_val, autocast=autocast, predict=method.predict_labelled)
+                if len(data.labelled_val)
+                else None
             ),
             "target_test_accuracy": accuracy(method, data.target_test, autocast=autocast),
         }
@@ -549,7 +553,7 @@ def train(
         selected_by=selection,
         selected_round=int(state.best["round"]),
         target_test_accuracy=float(state.best["target_test_accuracy"]),
-        val_accuracy=float(state.best["val_accuracy"]),
+        val_accuracy=None if state.best["val_accuracy"] is None else float(state.best["val_accuracy"]),
         rounds=state.rounds_done,
         steps=dict(state.stage_steps),
         term_steps=dict(state.term_steps),

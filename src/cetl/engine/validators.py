@@ -29,6 +29,11 @@ UNSUPERVISED = ("entropy", "reconstruction")
 
 def check_selection(selection: str, method: Method, data: TrainingData) -> None:
     """Fail before training when ``method`` cannot be scored by ``selection``."""
+    if selection == "source_val" and len(data.labelled_val) == 0:
+        raise ConfigError(
+            "train.selection=source_val reads the labelled validation split, but data.val_fraction=0 "
+            "holds nothing out; use train.selection=last or an unsupervised rule, or a val_fraction > 0"
+        )
     if selection != "unsupervised:reconstruction":
         return
     with torch.no_grad():

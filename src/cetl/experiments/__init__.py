@@ -13,12 +13,12 @@ from typing import Any
 
 from cetl.config import PROFILES, ExperimentConfig, merge, parse_set_overrides, read_yaml
 from cetl.errors import ConfigError
-from cetl.experiments import adapt, digits, distillation, natural, transfer
+from cetl.experiments import adapt, digits, distillation, label_efficiency, natural, transfer
 from cetl.registry import Registry, did_you_mean
 
 ExperimentFn = Callable[[str], ExperimentConfig]
 EXPERIMENTS: Registry[ExperimentFn] = Registry("experiment", contract="fn(profile: str) -> ExperimentConfig")
-for _module in (digits, natural, distillation, transfer, adapt):
+for _module in (digits, natural, distillation, transfer, adapt, label_efficiency):
     for _name, _fn in _module.EXPERIMENTS.items():
         EXPERIMENTS.add(_name, _fn)
 

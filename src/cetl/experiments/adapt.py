@@ -23,9 +23,10 @@ classification epochs per round to reach :data:`CLASSIFY_STEPS_PER_ROUND` steps.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable
 
-from cetl.config import ExperimentConfig, NetworkConfig, SourceConfig
+from cetl.config import ExperimentConfig, NetworkConfig, SourceConfig, TrainConfig
 from cetl.experiments.profiles import budget, profile_data
 from cetl.methods.cetl import CetlConfig
 
@@ -38,6 +39,13 @@ QUICK_STEPS_PER_EPOCH = 100
 reconstruction stages over many unlabelled images stay minutes on a CPU."""
 CLASSIFY_STEPS_PER_ROUND = {"smoke": 1, "quick": 30, "paper": 100}
 """Least classification steps per round ``cetl.adapt`` aims for when labels are few."""
+
+
+def classify_epochs(train: TrainConfig, profile: str, labelled_images: int) -> int:
+    """Classification epochs per round so that ``labelled_images`` (few) still give at least
+    :data:`CLASSIFY_STEPS_PER_ROUND` steps per round; never fewer than ``train.stage_epochs``."""
+    steps = min(max(1, labelled_images // train.batch_size), train.max_steps_per_epoch or labelled_images)
+    return max(train.stage_epochs, math.ceil(CLASSIFY_STEPS_PER_ROUND[profile] / steps))
 
 
 def adapt_experiment(profile: str) -> ExperimentConfig:

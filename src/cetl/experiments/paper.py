@@ -51,6 +51,12 @@ class Table:
     rows: tuple[str, ...]
     columns: tuple[str, ...]
     cells: tuple[Cell, ...]
+    curve: str | None = None
+    """Set for a study whose columns are points of a curve (not a paper table): the x-axis
+    label. Reports then draw each row against the runs' labelled images per class, on a log
+    axis, with paired differences from :attr:`references`."""
+    references: tuple[str, ...] = ()
+    """Methods every other row is paired with, seed by seed, in a curve's difference table."""
 
     def cell(self, row: str, column: str) -> Cell | None:
         """The cell at (row, column), or ``None`` where the paper has a dash."""

@@ -107,14 +107,15 @@ def plot_curves(summaries: Sequence[dict[str, Any]], path: Path) -> None:
             marker="o",
             label=f"{s['method']}: target test",
         )[0]
-        axis.plot(
-            rounds,
-            [100 * h["val_accuracy"] for h in s["history"]],
-            linestyle="--",
-            color=line.get_color(),
-            alpha=0.6,
-            label=f"{s['method']}: validation",
-        )
+        if all(h["val_accuracy"] is not None for h in s["history"]):  # none: nothing held out
+            axis.plot(
+                rounds,
+                [100 * h["val_accuracy"] for h in s["history"]],
+                linestyle="--",
+                color=line.get_color(),
+                alpha=0.6,
+                label=f"{s['method']}: validation",
+            )
     axis.set_xlabel("round")
     axis.set_ylabel("accuracy (%)")
     _finish(figure, axis, path)
@@ -205,6 +206,41 @@ def plot_mean_curves(
         axis.plot(rounds, values, marker="o", markersize=3, label=label)
     axis.set_xlabel("round")
     axis.set_ylabel("target test accuracy (%), mean over seeds")
+    axis.set_title(title, fontsize="small")
+    _finish(figure, axis, path)
+    return True
+
+
+def plot_band_curves(
+    lines: dict[str, Sequence[tuple[float, float, float]]],
+    path: Path,
+    *,
+    title: str,
+    xlabel: str,
+    ylabel: str,
+    reference: tuple[str, float] | None = None,
+) -> bool:
+    """One line per label through its ``(x, mean, std)`` points with a ± std band, on a log x
+    axis, and an optional horizontal ``(label, value)`` line; ``False`` (no file) without points."""
+    lines = {label: points for label, points in lines.items() if points}
+    if not lines:
+        return False
+    figure, axis = _pyplot().subplots(figsize=(7.0, 4.4), dpi=120)
+    for label, points in lines.items():
+        xs, means, stds = zip(*points, strict=True)
+        line = axis.plot(xs, means, marker="o", markersize=3, label=label)[0]
+        axis.fill_between(
+            xs,
+            [m - s for m, s in zip(means, stds, strict=True)],
+            [m + s for m, s in zip(means, stds, strict=True)],
+            color=line.get_color(),
+            alpha=0.15,
+        )
+    if reference is not None:
+        axis.axhline(reference[1], color="black", linestyle="--", linewidth=1, label=reference[0])
+    axis.set_xscale("log")
+    axis.set_xlabel(xlabel)
+    axis.set_ylabel(ylabel)
     axis.set_title(title, fontsize="small")
     _finish(figure, axis, path)
     return True
@@ -338,7 +374,11 @@ def stage_curve(summaries: Sequence[dict[str, Any]]) -> StageCurve | None:
         x.append(round_index + position[round_index] / per_round[round_index])
 
     def mean(key: str) -> tuple[float, ...]:
-        return tuple(100 * statistics.fmean(h[i][key] for h in shared) for i in range(len(layout)))
+        """Mean over seeds in %; NaN where a run held nothing out for validation (``None``)."""
+        return tuple(
+            100 * statistics.fmean(math.nan if h[i][key] is None else h[i][key] for h in shared)
+            for i in range(len(layout))
+        )
 
     return StageCurve(
         x=tuple(x),

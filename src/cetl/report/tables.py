@@ -24,6 +24,7 @@ from cetl.engine.balance import INERT_RATIO
 from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
 from cetl.experiments.paper import Cell, Table
 from cetl.report.collect import Run, balance_records, stage_records
+from cetl.report.curve import curve_markdown, paired_markdown, plot_curve
 from cetl.report.render import (
     format_ratio,
     plot_bound,
@@ -260,8 +261,12 @@ def write_plots(results: Sequence[TableResult], out_dir: Path) -> dict[str, list
         table = result.table
         # One plot per column, a line per row (the methods); a one-row table (Table 2, whose
         # columns are the methods) gets one plot for its row.
+        if table.curve:  # a study along a curve: the curve replaces per-column learning curves
+            name = f"curve_{table.name}.png"
+            if plot_curve(result, out_dir / name):
+                plots["label_curve"].append((f"{table.title}", name))
         by_row = len(table.rows) == 1
-        for axis in table.rows if by_row else table.columns:
+        for axis in () if table.curve else table.rows if by_row else table.columns:
             cells = [c for c in result.cells if (c.cell.row if by_row else c.cell.column) == axis]
             groups = [
                 (c.cell.column if by_row else c.cell.row, [run.summary for run in c.runs])
@@ -271,9 +276,14 @@ def write_plots(results: Sequence[TableResult], out_dir: Path) -> dict[str, list
             name = f"curves_{table.name}_{_slug(axis)}.png"
             if groups and plot_mean_curves(groups, out_dir / name, title=f"{table.name}, {axis}"):
                 plots["curves"].append((f"{table.name}, {axis}: target test accuracy per round", name))
+        plotted: set[Path] = set()
         for cell in result.cells:
             if not cell.measured:
                 continue
+            paths = {run.path for run in cell.runs if run.path is not None}
+            if paths and paths <= plotted:  # S of a curve study: one run set in every column
+                continue
+            plotted |= paths
             _write_cell_plots(table.name, cell, out_dir, plots)
             if cell.cell.method != "cetl":
                 continue
@@ -321,6 +331,7 @@ def plot_balance_and_stages(
 
 
 SECTIONS = {
+    "label_curve": "Accuracy against labelled images per class",
     "curves": "Learning curves",
     "bound": "Error bound (Eq. 14; the paper's Fig. 2)",
     "gfi": "GFI: kept fraction per layer",
@@ -329,12 +340,19 @@ SECTIONS = {
 }
 
 
+def _names(results: Sequence[TableResult]) -> str:
+    """``Table 5``, ``Tables 3, 5``, or a study's own name."""
+    papers = [r.table.name.removeprefix("table") for r in results if not r.table.curve]
+    studies = [r.table.name for r in results if r.table.curve]
+    parts = ([f"Table{'s' if len(papers) > 1 else ''} {', '.join(papers)}"] if papers else []) + studies
+    return ", ".join(parts)
+
+
 def report_markdown(
     results: Sequence[TableResult], header: Header, plots: dict[str, list[tuple[str, str]]]
 ) -> str:
     """The whole ``report.md`` (exact text is tested)."""
-    names = ", ".join(result.table.name.removeprefix("table") for result in results)
-    title = f"# Reproduction: Table{'s' if len(results) > 1 else ''} {names} (`{header.profile}` profile)"
+    title = f"# Reproduction: {_names(results)} (`{header.profile}` profile)"
     total = sum(cell.wall_seconds for result in results for cell in result.cells)
     lines = [
         title,
@@ -354,8 +372,15 @@ def report_markdown(
         "own protocol and network (METHOD.md §8), so at a CPU profile it is context, not a target.",
     ]
     for result in results:
-        lines += ["", f"## Table {result.table.name.removeprefix('table')}: {result.table.title}", ""]
-        lines.append(table_markdown(result, seeds=len(header.seeds)).rstrip("\n"))
+        if result.table.curve:
+            lines += ["", f"## {result.table.name}: {result.table.title}", ""]
+            lines.append(curve_markdown(result, seeds=len(header.seeds)).rstrip("\n"))
+            paired = paired_markdown(result)
+            if paired:
+                lines += ["", paired.rstrip("\n")]
+        else:
+            lines += ["", f"## Table {result.table.name.removeprefix('table')}: {result.table.title}", ""]
+            lines.append(table_markdown(result, seeds=len(header.seeds)).rstrip("\n"))
         cells = cells_markdown(result)
         if cells:
             lines += ["", cells.rstrip("\n")]

@@ -1,0 +1,137 @@
+"""Label efficiency (paper §3.4.4): a frozen digit network S, a LeNet T2, N labelled target images per class.
+
+The question a user of ``cetl adapt`` asks ("does borrowing from a network I can only run
+forward beat training on my few labels, or fine-tuning?") as a curve over N. Experiments are
+``tl_<src>_to_<tgt>_n<N>`` for N in :data:`LABELS_PER_CLASS` and ``tl_<src>_to_<tgt>_all``:
+
+- S is the ``source_only`` run of ``digits_<src>_to_<tgt>`` for the same profile and seed (the
+  digit network this project trains on the other domain; ``source.kind=experiment``), trained
+  first when missing and reused after. Its target test accuracy is S's own line in the report.
+- The labelled stream is the target's training set: N images of each class, drawn by the
+  run's seed (``data.labels_seed`` unset), so every seed sees its own draw, recorded in
+  ``summary.json`` as ``label_draw``. Every target training image is also an unlabelled image.
+- Nothing is held out for validation (``data.val_fraction=0``): with 1–10 labels per class a
+  hold-out would leave classes without a training image. Every method trains a fixed budget
+  and keeps its last round (``train.selection=last``); no label outside the N per class, and
+  never a test label, chooses anything.
+- Budget: ``cetl adapt``'s template (:mod:`cetl.experiments.adapt`), with the classification
+  epochs per round raised so N·10 images still give its steps per round.
+
+:data:`STUDIES` lays the experiments out as tables for ``cetl reproduce label_efficiency_mn_to_us``
+(rows: S and the methods; columns: N), whose report draws the curve.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+
+from cetl.config import ExperimentConfig, SourceConfig
+from cetl.experiments.adapt import adapt_experiment, classify_epochs
+from cetl.experiments.digits import QUICK_MNIST_LIMIT
+from cetl.experiments.paper import TEACHER, Cell, Table
+
+ExperimentFn = Callable[[str], ExperimentConfig]
+
+LABELS_PER_CLASS = (1, 5, 10, 50, 100)
+"""Labelled target images per class on the curve; ``_all`` adds every training label."""
+DIRECTIONS = {("mn", "us"): ("mnist", "usps"), ("us", "mn"): ("usps", "mnist")}
+"""Short names (as in ``digits_mn_to_us``) → datasets."""
+NUM_CLASSES = 10
+
+
+def label_efficiency_experiment(
+    name: str, source: str, target: str, per_class: int | None, profile: str
+) -> ExperimentConfig:
+    """T2 = LeNet on ``target`` with ``per_class`` labels per class (``None``: all), S from ``source``."""
+    base = adapt_experiment(profile)
+    short = {dataset: key for pair in DIRECTIONS for key, dataset in zip(pair, DIRECTIONS[pair], strict=True)}
+    limit = QUICK_MNIST_LIMIT if profile == "quick" and target == "mnist" else None
+    data = dataclasses.replace(
+        base.data,
+        source=target,
+        target=target,
+        target_labels_per_class=per_class or 0,
+        target_train_limit=limit,
+        val_fraction=0.0,
+        labels_seed=None,
+    )
+    train = dataclasses.replace(base.train, selection="last")
+    if per_class is not None:
+        train = dataclasses.replace(
+            train, stage_epochs=classify_epochs(train, profile, per_class * NUM_CLASSES)
+        )
+    return dataclasses.replace(
+        base,
+        experiment=name,
+        data=data,
+        source=SourceConfig(kind="experiment", experiment=f"digits_{short[source]}_to_{short[target]}"),
+        train=train,
+    )
+
+
+def _experiment(source: str, target: str, per_class: int | None) -> tuple[str, ExperimentFn]:
+    short_source, short_target = next(k for k, v in DIRECTIONS.items() if v == (source, target))
+    name = f"tl_{short_source}_to_{short_target}_{'all' if per_class is None else f'n{per_class}'}"
+
+    def experiment(profile: str) -> ExperimentConfig:
+        return label_efficiency_experiment(name, source, target, per_class, profile)
+
+    count = "every" if per_class is None else str(per_class)
+    experiment.__doc__ = (
+        f"{target.upper()} with {count} labelled training image(s) per class, S = the {source.upper()} "
+        f"LeNet (source_only of digits_{short_source}_to_{short_target}); last round, nothing held out."
+    )
+    return name, experiment
+
+
+EXPERIMENTS: dict[str, ExperimentFn] = dict(
+    _experiment(source, target, per_class)
+    for source, target in DIRECTIONS.values()
+    for per_class in (*LABELS_PER_CLASS, None)
+)
+
+
+def curve_experiments(source_short: str, target_short: str) -> list[tuple[int | None, str]]:
+    """``(labels per class or None for all, experiment name)`` of one direction, in curve order."""
+    prefix = f"tl_{source_short}_to_{target_short}_"
+    return [(n, f"{prefix}n{n}") for n in LABELS_PER_CLASS] + [(None, f"{prefix}all")]
+
+
+CURVE_METHODS = {
+    TEACHER: "S (frozen, trained on the other domain)",
+    "target_only": "target_only (T2 on the labels alone)",
+    "fine_tune": "fine_tune (S fine-tuned on the labels)",
+    "kd": "kd (S as teacher)",
+    "baseline": "baseline (CETL's classification schedule, no coupling)",
+    "cetl_e": "cetl_e",
+    "cetl": "cetl",
+}
+"""The curve's rows: method (or S itself) → row label, in the order the report lists them."""
+
+
+def _study(source_short: str, target_short: str) -> Table:
+    source, target = DIRECTIONS[(source_short, target_short)]
+    columns = {
+        name: "all" if n is None else str(n) for n, name in curve_experiments(source_short, target_short)
+    }
+    return Table(
+        name=f"label_efficiency_{source_short}_to_{target_short}",
+        title=(
+            f"Label efficiency, {source.upper()} network → {target.upper()}: target test accuracy against "
+            f"labelled {target.upper()} images per class (not a paper table)"
+        ),
+        rows=tuple(CURVE_METHODS.values()),
+        columns=tuple(columns.values()),
+        cells=tuple(
+            Cell(row, column, experiment, method, None)
+            for experiment, column in columns.items()
+            for method, row in CURVE_METHODS.items()
+        ),
+        curve="labelled target images per class",
+        references=("fine_tune", "target_only"),
+    )
+
+
+STUDIES: dict[str, Table] = {table.name: table for table in (_study("mn", "us"), _study("us", "mn"))}
+"""Label-efficiency studies ``cetl reproduce`` runs beside the paper's tables."""

@@ -1,0 +1,119 @@
+"""Label efficiency: per-seed label draws, no hold-out with few labels, the studies and their curve report."""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+
+import pytest
+import torch
+
+from cetl.build import build_training_data
+from cetl.compare import cell_config
+from cetl.config import DataConfig
+from cetl.data.digits import LabelledSet, per_class_indices, split_validation
+from cetl.errors import ConfigError
+from cetl.experiments import resolve
+from cetl.experiments.label_efficiency import LABELS_PER_CLASS, STUDIES
+from cetl.experiments.paper import TEACHER
+from cetl.reproduce import get_table, reproduce
+from cetl.runs import train_run
+
+
+def test_per_class_draws_are_stratified_reproducible_and_differ_across_seeds():
+    labels = torch.arange(10).repeat_interleave(30)[
+        torch.randperm(300, generator=torch.Generator().manual_seed(1))
+    ]
+    first = per_class_indices(labels, 3, seed=0, name="digits/train")
+    again = per_class_indices(labels, 3, seed=0, name="digits/train")
+    other = per_class_indices(labels, 3, seed=1, name="digits/train")
+    assert torch.equal(first, again)
+    assert not torch.equal(first, other)
+    assert torch.bincount(labels[first], minlength=10).tolist() == [3] * 10
+    assert torch.bincount(labels[other], minlength=10).tolist() == [3] * 10
+    with pytest.raises(ConfigError, match="fewer than the 31 labels per class"):
+        per_class_indices(labels, 31, seed=0, name="digits/train")
+
+
+def test_a_zero_val_fraction_holds_nothing_out():
+    data = LabelledSet(torch.zeros(10, 1, 2, 2), torch.arange(10))
+    train, val = split_validation(data, 0.0, seed=0, name="x")
+    assert len(train) == 10 and len(val) == 0
+    with pytest.raises(ConfigError, match=r"in \[0, 1\)"):
+        split_validation(data, 1.0, seed=0, name="x")
+
+
+@pytest.mark.needs_data
+def test_each_run_seed_draws_its_own_labels_unless_labels_seed_fixes_them(data_root):
+    config = DataConfig(
+        source="usps", target="usps", target_labels_per_class=2, val_fraction=0.0, test_limit=16
+    )
+
+    def draw(data_config: DataConfig, seed: int) -> list[int]:
+        data, info = build_training_data(data_config, root=data_root, labelled_domain="target", seed=seed)
+        assert len(data.labelled) == 20 and len(data.labelled_val) == 0
+        assert info.label_draw is not None and info.label_draw["per_class"] == 2
+        return info.label_draw["indices"]
+
+    assert draw(config, 0) == draw(config, 0)
+    assert draw(config, 0) != draw(config, 1)
+    fixed = dataclasses.replace(config, labels_seed=7)
+    assert draw(fixed, 0) == draw(fixed, 1) == draw(config, 7)
+
+
+def test_the_studies_cover_both_directions_every_count_and_s():
+    assert set(STUDIES) == {"label_efficiency_mn_to_us", "label_efficiency_us_to_mn"}
+    table = get_table("label_efficiency_mn_to_us")
+    assert table.columns == (*map(str, LABELS_PER_CLASS), "all")
+    assert {c.method for c in table.cells} >= {TEACHER, "target_only", "fine_tune", "cetl_e", "cetl"}
+    config = resolve("tl_us_to_mn_n10", method="cetl", profile="quick", seed=2)
+    assert config.data.source == config.data.target == "mnist"
+    assert config.data.target_labels_per_class == 10 and config.data.val_fraction == 0.0
+    assert config.data.labels_seed is None and config.train.selection == "last"
+    assert (config.source.kind, config.source.experiment) == ("experiment", "digits_us_to_mn")
+    assert config.train.stage_epochs > 1  # 100 labels still get the template's steps per round
+    assert resolve("tl_mn_to_us_all", profile="quick").data.target_labels_per_class == 0
+
+
+def test_s_of_a_study_is_the_source_only_cell_of_its_experiment_in_the_same_out(tmp_path):
+    config = cell_config("tl_mn_to_us_n5", "cetl", 3, profile="smoke", sets=(), out=tmp_path)
+    assert config.source.path == str(tmp_path / "digits_mn_to_us" / "smoke" / "source_only" / "seed3")
+
+
+@pytest.mark.needs_data
+def test_source_val_without_a_validation_split_is_a_clear_error(tmp_path, data_root):
+    config = resolve("digits_mn_to_us", method="source_only", profile="smoke", sets=["data.val_fraction=0"])
+    with pytest.raises(ConfigError, match="val_fraction=0 holds nothing out"):
+        train_run(config, run_dir=tmp_path / "run", data_root=data_root)
+
+
+@pytest.mark.needs_data
+def test_a_smoke_study_records_draws_and_writes_the_curve_and_paired_tables(tmp_path, data_root):
+    out = tmp_path / "runs"
+    cells = [f"tl_mn_to_us_{n}/{m}" for n in ("n1", "n5") for m in ("target_only", "fine_tune")]
+    folder, failed = reproduce(
+        get_table("label_efficiency_mn_to_us"),
+        [0, 1],
+        profile="smoke",
+        out=out,
+        data_root=data_root,
+        sets=["train.rounds=1"],
+        only=[*cells, "tl_mn_to_us_n1/teacher"],
+        log=lambda line: None,
+    )
+    assert failed == 0
+    draws = []
+    for seed in (0, 1):
+        summary = json.loads(
+            (out / "tl_mn_to_us_n5" / "smoke" / "fine_tune" / f"seed{seed}" / "summary.json").read_text()
+        )
+        assert summary["val_accuracy"] is None and summary["selected_by"] == "last"
+        assert summary["label_draw"]["seed"] == seed and len(summary["label_draw"]["indices"]) == 50
+        draws.append(summary["label_draw"]["indices"])
+    assert draws[0] != draws[1]
+    assert (folder / "curve_label_efficiency_mn_to_us.png").stat().st_size > 0
+    report = (folder / "report.md").read_text()
+    assert "Paired difference from `fine_tune`" in report and "Paired difference from `target_only`" in report
+    assert "| target_only (T2 on the labels alone) | " in report
+    # S's row is one run set in every column: its per-cell plots are drawn once.
+    assert len(list(folder.glob("balance_*_s_frozen_*.png"))) == 1

@@ -13,14 +13,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from cetl.build import DataInfo, build_method, build_source
-from cetl.config import MethodConfig
 from cetl.data.synthetic import synthetic_training_data
 from cetl.engine.loop import train
 from cetl.errors import CetlError, ConfigError
 from cetl.experiments import EXPERIMENTS
 from cetl.experiments.transfer import TABLE2, TABLE3
 from cetl.methods.base import Batch
-from cetl.methods.fine_tune import FineTune
+from cetl.methods.fine_tune import FineTune, FineTuneConfig
 from cetl.networks import NETWORKS
 from cetl.source import InputTransform, source_from_network, source_from_onnx, source_from_torchvision
 
@@ -205,7 +204,7 @@ def test_onnx_errors_are_clear(exported, tmp_path, monkeypatch):
     source = source_from_onnx(dynamic, tap="coupling", temperature=4.0)
     target_net = NETWORKS.get("ci_cnn")(in_channels=3, image_size=32, num_classes=10)
     with pytest.raises(ConfigError, match=r"ONNX file runs in ONNX Runtime and cannot be fine-tuned"):
-        FineTune(MethodConfig(name="fine_tune"), target_net=target_net, source=source)
+        FineTune(FineTuneConfig(), target_net=target_net, source=source)
     monkeypatch.setitem(sys.modules, "onnxruntime", None)
     with pytest.raises(CetlError, match=r'pip install "cetl\[onnx\]"'):
         source_from_onnx(dynamic, tap="coupling", temperature=4.0)
@@ -234,7 +233,7 @@ def test_timm_source_reads_pre_logits_with_timms_preprocessing():
     with pytest.raises(ConfigError, match=r"can only be 'none'"):
         source_from_timm("resnet18:IMAGENET1K_V1", tap="coupling", temperature=4.0)
     network = NETWORKS.get("ci_cnn")(in_channels=3, image_size=32, num_classes=7)
-    tuned = FineTune(MethodConfig(name="fine_tune"), target_net=network, source=source)
+    tuned = FineTune(FineTuneConfig(), target_net=network, source=source)
     assert tuned.predict(torch.rand(2, 3, 32, 32)).shape == (2, 7)  # timm's reset_classifier
 
 
@@ -245,7 +244,7 @@ def test_fine_tune_trains_a_copy_of_s_with_a_new_last_layer(tmp_path):
     source = source_from_torchvision("resnet18:none", tap="coupling", temperature=4.0, input_size=32)
     before = source.fingerprint()
     target_net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=4)
-    method = FineTune(MethodConfig(name="fine_tune"), target_net=target_net, source=source)
+    method = FineTune(FineTuneConfig(), target_net=target_net, source=source)
     assert method.head_name == "fc" and (method.network.fc.in_features, method.network.fc.out_features) == (
         512,
         4,
@@ -283,10 +282,36 @@ def test_fine_tune_replaces_a_project_networks_logits():
     net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=10)
     source = source_from_network(net, tap="coupling", temperature=4.0, description="lenet")
     target_net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=3)
-    method = FineTune(MethodConfig(name="fine_tune"), target_net=target_net, source=source)
+    method = FineTune(FineTuneConfig(), target_net=target_net, source=source)
     assert method.head_name == "logits" and method.predict(torch.rand(2, 1, 28, 28)).shape == (2, 3)
     assert net.logits.out_features == 10 and all(not p.requires_grad for p in net.parameters())
     assert set(method.trainable_networks()) == {"fine_tuned"}
+
+
+def test_fine_tune_keeps_s_head_for_the_same_classes_and_trains_the_backbone_slower():
+    digits = tuple(str(d) for d in range(10))
+    net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=10)
+    source = source_from_network(net, tap="coupling", temperature=4.0, description="lenet", classes=digits)
+    target_net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=10)
+    x = torch.rand(4, 1, 28, 28)
+    kept = FineTune(FineTuneConfig(), target_net=target_net, source=source, class_names=digits)
+    kept.eval()
+    torch.testing.assert_close(kept.predict(x), source.predict(x))  # starts as S itself
+    assert kept.kept_head
+    other = tuple("abcdefghij")
+    fresh = FineTune(FineTuneConfig(), target_net=target_net, source=source, class_names=other)
+    assert not fresh.kept_head and not torch.equal(fresh.predict(x), source.predict(x))
+    unknown = source_from_network(net, tap="coupling", temperature=4.0, description="lenet")
+    assert not FineTune(FineTuneConfig(), target_net=target_net, source=unknown, class_names=digits).kept_head
+    assert FineTune(FineTuneConfig(head="keep"), target_net=target_net, source=unknown).kept_head
+    three = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=3)
+    with pytest.raises(ConfigError, match=r"does not output 3 classes; use method\.head=new"):
+        FineTune(FineTuneConfig(head="keep"), target_net=three, source=unknown)
+    (stage,) = kept.stages(0)
+    head, backbone = stage.updates[0].param_groups(1e-3)
+    assert head["lr"] == 1e-3 and backbone["lr"] == pytest.approx(1e-4)
+    assert {id(p) for p in head["params"]} == {id(p) for p in kept.network.logits.parameters()}
+    assert len(head["params"]) + len(backbone["params"]) == len(list(kept.network.parameters()))
 
 
 # --------------------------------------------------------------------------- end to end, real data

@@ -54,6 +54,9 @@ class DataInfo:
     notes: tuple[str, ...]
     variants: dict[str, str] = field(default_factory=dict)
     """``full`` or ``subset`` per dataset read (a subset's numbers are not comparable)."""
+    classes: tuple[str, ...] = ()
+    """Class names by label index, where the dataset knows them (fine-tuning keeps S's head
+    only when S predicts these very classes)."""
     label_draw: dict[str, Any] | None = None
     """The few labelled target images (``target_labels_per_class``): seed, count per class and
     indices into the target training set as the run reads it (after its seeded subset)."""
@@ -159,8 +162,15 @@ def build_training_data(
             name: dataset_variant(name, root) for name in dict.fromkeys((config.source, config.target))
         },
         label_draw=label_draw,
+        classes=class_names(labelled_name, source_classes),
     )
     return data, info
+
+
+def class_names(dataset: str, num_classes: int) -> tuple[str, ...]:
+    """``dataset``'s class names when it knows them and the protocol keeps all of them, else ``()``."""
+    names = find_spec(dataset).classes
+    return tuple(names) if len(names) == num_classes else ()
 
 
 def build_target_net(config: ExperimentConfig, info: DataInfo) -> TapNetwork:
@@ -260,6 +270,8 @@ def build_method(config: ExperimentConfig, info: DataInfo, *, source: FrozenSour
         parts["feature_cache"] = build_feature_cache(config.source)
     if "labelled_domain" in wanted:
         parts["labelled_domain"] = method_class.labelled_domain_for(config.setting)
+    if "class_names" in wanted:
+        parts["class_names"] = info.classes
     return method_class(config.method, target_net=target_net, **parts)
 
 

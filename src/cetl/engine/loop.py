@@ -105,12 +105,19 @@ def resolve_selection(selection: str, labelled_domain: str) -> str:
     return selection
 
 
-def make_optimizer(parameters: list[nn.Parameter], config: OptimizerConfig) -> torch.optim.Optimizer:
-    """The optimiser named in the config; each (stage, update) gets its own, kept across rounds (D7)."""
-    if not parameters:
+def make_optimizer(
+    parameters: list[nn.Parameter] | list[dict[str, Any]], config: OptimizerConfig
+) -> torch.optim.Optimizer:
+    """The optimiser named in the config; each (stage, update) gets its own, kept across rounds (D7).
+
+    ``parameters`` are tensors, or parameter groups (``{"params": [...], "lr": ...}``) where an
+    update scales the rate per network (:attr:`cetl.methods.base.Update.lr_scales`).
+    """
+    tensors = [p for entry in parameters for p in (entry["params"] if isinstance(entry, dict) else [entry])]
+    if not tensors:
         raise ConfigError("an update has no trainable parameters; check the method's networks")
     # Fused kernels on CUDA: one launch per step instead of several per parameter tensor.
-    fused = True if all(p.is_cuda for p in parameters) else None
+    fused = True if all(p.is_cuda for p in tensors) else None
     if config.name in ("adam", "adamw"):
         adam = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
         betas = (config.beta1, 0.999)
@@ -351,7 +358,7 @@ def train(
         key = f"{stage.name}/{update.name}"
         if key not in optimizers:
             settings = dataclasses.replace(optimizer_config, **update.optimizer)
-            optimizers[key] = make_optimizer(list(update.parameters()), settings)
+            optimizers[key] = make_optimizer(update.param_groups(settings.lr), settings)
             if key in optimizer_states:
                 optimizers[key].load_state_dict(optimizer_states.pop(key))
         return optimizers[key]

@@ -20,7 +20,7 @@ from cetl.config import MethodConfig
 if TYPE_CHECKING:
     from cetl.data.training import TrainingData
 
-Component = Literal["source", "decoder", "source_adapter", "feature_cache", "labelled_domain"]
+Component = Literal["source", "decoder", "source_adapter", "feature_cache", "labelled_domain", "class_names"]
 
 Stream = Literal["labelled", "target"]
 """``labelled``: the labelled training data (source images in domain adaptation, target images
@@ -61,6 +61,9 @@ class Update:
         weights: per-term weights (Eq. 3's λ, Eq. 6's λ1..λ3, DWA λs); missing terms weigh 1.
         optimizer: fields of ``OptimizerConfig`` this update's optimiser overrides (e.g. ADDA's
             published ``{"lr": 2e-4, "beta1": 0.5}``); empty keeps the run's settings.
+        lr_scales: per network of ``networks``, a factor on the learning rate of the parameters
+            it is first to list (fine-tuning's smaller rate for a pre-trained backbone than for a
+            new head); empty: 1 for every network.
     """
 
     name: str
@@ -68,15 +71,38 @@ class Update:
     losses: Callable[[Batch], dict[str, Tensor]]
     weights: Mapping[str, float] = field(default_factory=dict)
     optimizer: Mapping[str, Any] = field(default_factory=dict)
+    lr_scales: tuple[float, ...] = ()
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """Trainable parameters, each once, in a stable order."""
+        for _, group in self._by_network():
+            yield from group
+
+    def param_groups(self, lr: float) -> list[dict[str, Any]]:
+        """Optimiser parameter groups at ``lr``: one group without :attr:`lr_scales` (the layout
+        every checkpoint so far holds), else one per network with parameters, at ``lr`` × its scale."""
+        if not self.lr_scales:
+            return [{"params": list(self.parameters()), "lr": lr}]
+        if len(self.lr_scales) != len(self.networks):
+            raise ValueError(
+                f"update {self.name}: {len(self.lr_scales)} lr_scales for {len(self.networks)} networks"
+            )
+        return [
+            {"params": group, "lr": lr * self.lr_scales[index]}
+            for index, group in self._by_network()
+            if group
+        ]
+
+    def _by_network(self) -> Iterator[tuple[int, list[nn.Parameter]]]:
+        """Each network's trainable parameters not listed by an earlier network."""
         seen: set[int] = set()
-        for network in self.networks:
+        for index, network in enumerate(self.networks):
+            group = []
             for parameter in network.parameters():
                 if parameter.requires_grad and id(parameter) not in seen:
                     seen.add(id(parameter))
-                    yield parameter
+                    group.append(parameter)
+            yield index, group
 
 
 @dataclass(frozen=True)

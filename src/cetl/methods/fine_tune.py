@@ -12,16 +12,28 @@ to S's input size and normalised for S), so fine-tuning VGG-16 runs it at 224×2
 Which network is fine-tuned is whatever S is (``source.kind``): a torchvision or timm model
 or a network this project trained. An ONNX file runs in ONNX Runtime and has no trainable
 parameters, so it cannot be fine-tuned; that is a clear error.
+
+The recipe follows current few-shot practice rather than the paper's one line:
+
+- ``head``: ``auto`` keeps S's own classifier when S predicts the target's classes by name (a
+  digit network fine-tuned on other digits: its head already knows the labels, and a fresh
+  head on 10 images per class throws that away), else a new last layer as in FT-VGG; ``new``
+  and ``keep`` force either (``keep`` needs S to output as many classes as the target has).
+- ``backbone_lr_scale``: every layer but the head learns at this fraction of the learning
+  rate (0.1: the pre-trained features move slowly while the head adapts); 1 is one rate for all.
+- Budget and selection are the experiment's, the same as every other method of a comparison
+  (in the label-efficiency studies: a fixed number of steps, last round).
 """
 
 from __future__ import annotations
 
 import copy
-from typing import ClassVar, Literal
+from dataclasses import dataclass
+from typing import Annotated, ClassVar, Literal
 
 from torch import Tensor, nn
 
-from cetl.config import MethodConfig
+from cetl.config import MethodConfig, Range
 from cetl.errors import ConfigError
 from cetl.losses.classification import classification_loss
 from cetl.methods.base import Batch, Component, Method, Stage, Update
@@ -57,6 +69,38 @@ def replace_classifier(model: nn.Module, num_classes: int) -> str:
     return name
 
 
+@dataclass(frozen=True, kw_only=True)
+class FineTuneConfig(MethodConfig):
+    """Options of ``fine_tune`` (module docstring: the recipe)."""
+
+    name: str = "fine_tune"
+    head: Literal["auto", "new", "keep"] = "auto"
+    """``auto``: keep S's classifier when S predicts the target's classes by name, else a new
+    one; ``new``: always a new last layer (the paper's FT-VGG); ``keep``: S's classifier."""
+    backbone_lr_scale: Annotated[float, Range(gt=0, le=1)] = 0.1
+    """Learning rate of every layer but the head, as a fraction of ``optimizer.lr``."""
+
+
+def keeps_head(head: str, source: FrozenSource, class_names: tuple[str, ...], num_classes: int) -> bool:
+    """Whether fine-tuning keeps S's classifier (``head``, see :class:`FineTuneConfig`).
+
+    Raises:
+        ConfigError: ``keep`` while S's classifier has another number of outputs than the target.
+    """
+    if head == "new":
+        return False
+    same_labels = bool(class_names) and source.classes == class_names
+    if head == "auto":
+        return same_labels
+    outputs = [m for m in source.model.modules() if isinstance(m, nn.Linear)]
+    if not outputs or outputs[-1].out_features != num_classes:
+        raise ConfigError(
+            f"method.head=keep keeps S's classifier, but S ({source.description}) does not output "
+            f"{num_classes} classes; use method.head=new (or auto)"
+        )
+    return True
+
+
 class FineTune(Method):
     """FT-VGG of the CETL paper (§4.1.2, Table 3): S's network with a new last layer for the
     target classes, all of it trained with ``L_c^t`` (Eq. 4) on the labelled target images.
@@ -71,11 +115,18 @@ class FineTune(Method):
         ConfigError: S is an ONNX file or another source without trainable parameters.
     """
 
-    Config = MethodConfig
+    Config = FineTuneConfig
     labelled_domain: Literal["source", "target"] = "target"
-    components: ClassVar[frozenset[Component]] = frozenset({"source"})
+    components: ClassVar[frozenset[Component]] = frozenset({"source", "class_names"})
 
-    def __init__(self, config: MethodConfig, *, target_net: TapNetwork, source: FrozenSource) -> None:
+    def __init__(
+        self,
+        config: FineTuneConfig,
+        *,
+        target_net: TapNetwork,
+        source: FrozenSource,
+        class_names: tuple[str, ...] = (),
+    ) -> None:
         super().__init__()
         if not any(True for _ in source.model.parameters()):
             raise ConfigError(
@@ -85,12 +136,23 @@ class FineTune(Method):
             )
         self.config = config
         network = copy.deepcopy(source.model)  # S's own module stays frozen, in eval mode
-        self.head_name = replace_classifier(network, target_net.num_classes)
+        self.kept_head = keeps_head(config.head, source, class_names, target_net.num_classes)
+        if self.kept_head:
+            self.head_name = [n for n, m in network.named_modules() if isinstance(m, nn.Linear)][-1]
+        else:
+            self.head_name = replace_classifier(network, target_net.num_classes)
         self.network = network.requires_grad_(True).train()
         self.input_transform: InputTransform = source.input_transform
 
     def stages(self, round_index: int) -> list[Stage]:
-        update = Update("fine_tuned", (self.network,), self._classify)
+        # The head first, so its parameters take the full rate and the rest the backbone's.
+        head = self.network.get_submodule(self.head_name)
+        update = Update(
+            "fine_tuned",
+            (head, self.network),
+            self._classify,
+            lr_scales=(1.0, self.config.backbone_lr_scale),
+        )
         return [Stage("classify", ("labelled",), (update,))]
 
     def _classify(self, batch: Batch) -> dict[str, Tensor]:

@@ -31,11 +31,17 @@ from cetl.source.frozen import (
 )
 
 
-def source_from_network(net: TapNetwork, *, tap: str, temperature: float, description: str) -> FrozenSource:
+def source_from_network(
+    net: TapNetwork, *, tap: str, temperature: float, description: str, classes: tuple[str, ...] = ()
+) -> FrozenSource:
     """S from a project network; taps read through ``forward_taps`` (it stops at the tap)."""
     if tap == "soft":
         return FrozenSource(
-            net, extract=logits_extractor, temperature=temperature, description=f"{description} soft"
+            net,
+            extract=logits_extractor,
+            temperature=temperature,
+            description=f"{description} soft",
+            classes=classes,
         )
     name = {"coupling": net.coupling_tap, "logits": "logits"}.get(tap, tap)
     net.tap_shape(name)  # raises ConfigError listing the valid taps
@@ -43,15 +49,23 @@ def source_from_network(net: TapNetwork, *, tap: str, temperature: float, descri
     def extract(model: nn.Module, x: Tensor) -> Tensor:
         return model.forward_taps(x, [name])[name]
 
-    return FrozenSource(net, extract=extract, description=f"{description} @{name}")
+    return FrozenSource(net, extract=extract, description=f"{description} @{name}", classes=classes)
 
 
 def source_from_run(run_dir: Path, *, tap: str, temperature: float) -> FrozenSource:
     """S from a finished run folder of this project (its selected weights, ``best.pt``)."""
-    from cetl.runs import load_target_net  # runs builds methods that hold sources
+    from cetl.build import class_names, labelled_domain  # build and runs build methods that hold sources
+    from cetl.runs import load_target_net
 
-    _, net, _ = load_target_net(run_dir)
-    return source_from_network(net, tap=tap, temperature=temperature, description=f"run {run_dir}")
+    config, net, _ = load_target_net(run_dir)
+    labelled = config.data.source if labelled_domain(config) == "source" else config.data.target
+    return source_from_network(
+        net,
+        tap=tap,
+        temperature=temperature,
+        description=f"run {run_dir}",
+        classes=class_names(labelled, net.num_classes),
+    )
 
 
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {

@@ -73,6 +73,8 @@ class FrozenSource(nn.Module):
             ``softmax(logits / temperature)`` (knowledge distillation, D8).
         input_transform: applied to images before ``model`` (size, channels, normalisation).
         description: names the source and tap in logs and errors.
+        classes: names of the classes S's logits predict, where known (a network this project
+            trained: its labelled dataset's classes); ``()`` for a model of unknown labels.
     """
 
     def __init__(
@@ -83,6 +85,7 @@ class FrozenSource(nn.Module):
         temperature: float | None = None,
         input_transform: InputTransform | None = None,
         description: str,
+        classes: tuple[str, ...] = (),
     ) -> None:
         super().__init__()
         if temperature is not None and temperature <= 0:
@@ -92,6 +95,7 @@ class FrozenSource(nn.Module):
         self.temperature = temperature
         self.input_transform = input_transform or InputTransform()
         self.description = description
+        self.classes = classes
 
     def train(self, mode: bool = True) -> FrozenSource:
         """Always eval: BatchNorm statistics and dropout of S must never change."""

@@ -17,7 +17,9 @@ from cetl.experiments import resolve
 from cetl.experiments.label_efficiency import LABELS_PER_CLASS, STUDIES
 from cetl.experiments.paper import TEACHER
 from cetl.reproduce import get_table, reproduce
-from cetl.runs import train_run
+from cetl.runs import evaluate_run, load_target_net, train_run
+from cetl.serve import export_run
+from cetl.source import source_from_run
 
 
 def test_per_class_draws_are_stratified_reproducible_and_differ_across_seeds():
@@ -117,3 +119,20 @@ def test_a_smoke_study_records_draws_and_writes_the_curve_and_paired_tables(tmp_
     assert "| target_only (T2 on the labels alone) | " in report
     # S's row is one run set in every column: its per-cell plots are drawn once.
     assert len(list(folder.glob("balance_*_s_frozen_*.png"))) == 1
+
+
+@pytest.mark.needs_data
+def test_a_fine_tune_run_evaluates_and_exports_like_any_other(tmp_path, monkeypatch, data_root):
+    monkeypatch.chdir(tmp_path)  # S's default folder (runs/digits_mn_to_us/...) lands here
+    config = resolve("tl_mn_to_us_n5", method="fine_tune", profile="smoke", sets=["train.rounds=1"])
+    run = tmp_path / "ft"
+    summary = train_run(config, run_dir=run, data_root=data_root)
+    report = evaluate_run(run, data_root=data_root)
+    assert report["target_test_accuracy"] == pytest.approx(summary["target_test_accuracy"])
+    assert report["val_accuracy"] is None  # nothing held out
+    program = torch.export.load(str(export_run(run, fmt="pt")))
+    _, net, _ = load_target_net(run)
+    x = torch.rand(3, 1, 32, 32)
+    torch.testing.assert_close(program.module()(x), net(x))
+    with pytest.raises(ConfigError, match="is a fine_tune run, whose network is a copy of its own source"):
+        source_from_run(run, tap="coupling", temperature=4.0)

@@ -25,6 +25,7 @@ from typing import Any
 
 import torch
 import yaml
+from torch import nn
 
 from cetl import __version__
 from cetl.build import (
@@ -45,7 +46,6 @@ from cetl.engine.checkpoint import atomic_write_json, atomic_write_text, load_ch
 from cetl.engine.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, accuracy, resolve_device, train
 from cetl.errors import ConfigError, RunError
 from cetl.experiments import EXPERIMENTS
-from cetl.networks import TapNetwork
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -369,8 +369,9 @@ def run_data_root(run_dir: Path, explicit: str | None) -> DataRoot:
     return resolve_data_root(explicit)
 
 
-def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, TapNetwork, DataInfo]:
-    """T2 of a finished run with its selected weights, in eval mode."""
+def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, nn.Module, DataInfo]:
+    """T2 of a finished run with its selected weights, in eval mode: a :class:`TapNetwork`, or
+    for ``fine_tune`` the fine-tuned copy of S behind S's input transform (images → logits)."""
     config = read_config(run_dir)
     protocol = PROTOCOLS[config.data.protocol]
     info = DataInfo(
@@ -380,12 +381,32 @@ def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, TapNetwork, DataIn
         sizes={},
         notes=(),
     )
-    net = build_target_net(config, info)
     states = load_checkpoint(run_dir / BEST_CHECKPOINT).get("networks", {})
+    if "target_net" not in states and "fine_tuned" in states:
+        return config, _load_fine_tuned(config, info, states["fine_tuned"]), info
+    net = build_target_net(config, info)
     if "target_net" not in states:
         raise RunError(f"'{run_dir / BEST_CHECKPOINT}' holds no target network weights")
     net.load_state_dict(states["target_net"])
     return config, net.eval(), info
+
+
+def _load_fine_tuned(config: ExperimentConfig, info: DataInfo, state: dict[str, Any]) -> nn.Module:
+    """A ``fine_tune`` run's network: S's architecture, rebuilt from S (which must still be where
+    the run found it), with the run's selected weights, behind S's input transform."""
+    source_dir = None
+    if config.source.path:
+        source_dir = Path(config.source.path)
+    elif config.source.kind in ("source_only", "experiment"):
+        source_dir = source_run_dir(config, source_run_config(config))
+    if source_dir is not None and read_summary(source_dir) is None:
+        raise RunError(
+            f"this fine_tune run's network is a copy of S, rebuilt from S's run, but '{source_dir}' "
+            f"holds no finished run; put S's run folder back there"
+        )
+    method = build_method(config, info, source=build_source(config.source, run_dir=source_dir))
+    method.network.load_state_dict(state)
+    return method.exportable().eval()
 
 
 def evaluate_run(run_dir: Path, *, data_root: DataRoot) -> dict[str, Any]:

@@ -163,3 +163,20 @@ class FineTune(Method):
 
     def trainable_networks(self) -> dict[str, nn.Module]:
         return {"fine_tuned": self.network}
+
+    def exportable(self) -> nn.Module:
+        """The fine-tuned network behind S's input transform: images in [0,1] at the run's
+        protocol size → logits, as every exported or evaluated target network takes them."""
+        return FineTunedNetwork(self.network, self.input_transform)
+
+
+class FineTunedNetwork(nn.Module):
+    """A fine-tuned copy of S with the input transform it was trained behind (export, eval)."""
+
+    def __init__(self, network: nn.Module, input_transform: InputTransform) -> None:
+        super().__init__()
+        self.network = network
+        self.input_transform = input_transform
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.network(self.input_transform(x))

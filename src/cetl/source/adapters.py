@@ -58,6 +58,12 @@ def source_from_run(run_dir: Path, *, tap: str, temperature: float) -> FrozenSou
     from cetl.runs import load_target_net
 
     config, net, _ = load_target_net(run_dir)
+    if not isinstance(net, TapNetwork):
+        raise ConfigError(
+            f"'{run_dir}' is a {config.method.name} run, whose network is a copy of its own source, "
+            f"not a project network with taps; use that run's source as S, or export it "
+            f"(cetl export) and use the ONNX file"
+        )
     labelled = config.data.source if labelled_domain(config) == "source" else config.data.target
     return source_from_network(
         net,

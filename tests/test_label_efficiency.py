@@ -68,6 +68,9 @@ def test_the_studies_cover_both_directions_every_count_and_s():
     table = get_table("label_efficiency_mn_to_us")
     assert table.columns == (*map(str, LABELS_PER_CLASS), "all")
     assert {c.method for c in table.cells} >= {TEACHER, "target_only", "fine_tune", "cetl_e", "cetl"}
+    variants = {c.id: c.sets for c in table.cells if c.variant}
+    assert variants["tl_mn_to_us_n1/baseline-from-s"] == ("method.target_init=source",)
+    assert "tl_mn_to_us_all/cetl-from-s" in variants
     config = resolve("tl_us_to_mn_n10", method="cetl", profile="quick", seed=2)
     assert config.data.source == config.data.target == "mnist"
     assert config.data.target_labels_per_class == 10 and config.data.val_fraction == 0.0
@@ -100,7 +103,7 @@ def test_a_smoke_study_records_draws_and_writes_the_curve_and_paired_tables(tmp_
         out=out,
         data_root=data_root,
         sets=["train.rounds=1"],
-        only=[*cells, "tl_mn_to_us_n1/teacher"],
+        only=[*cells, "tl_mn_to_us_n1/teacher", "tl_mn_to_us_n1/baseline-from-s"],
         log=lambda line: None,
     )
     assert failed == 0
@@ -113,6 +116,8 @@ def test_a_smoke_study_records_draws_and_writes_the_curve_and_paired_tables(tmp_
         assert summary["label_draw"]["seed"] == seed and len(summary["label_draw"]["indices"]) == 50
         draws.append(summary["label_draw"]["indices"])
     assert draws[0] != draws[1]
+    from_s = out / "tl_mn_to_us_n1" / "smoke" / "baseline-from-s" / "seed0" / "config.yaml"
+    assert "target_init: source" in from_s.read_text()
     assert (folder / "curve_label_efficiency_mn_to_us.png").stat().st_size > 0
     report = (folder / "report.md").read_text()
     assert "Paired difference from `fine_tune`" in report and "Paired difference from `target_only`" in report

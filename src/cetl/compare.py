@@ -159,9 +159,14 @@ def run_cell(
     sets: Sequence[str],
     out: Path,
     data_root: DataRoot,
+    folder: str | None = None,
 ) -> dict[str, Any]:
-    """Train one cell (or return its finished summary); S is the same seed's ``source_only`` cell."""
-    run_dir = cell_dir(out, experiment, profile, method, seed)
+    """Train one cell (or return its finished summary); S is the same seed's ``source_only`` cell.
+
+    ``folder`` names the cell's folder where it is not the method's (a configured variant of a
+    method, e.g. ``baseline`` with T2 started from S, beside the plain one).
+    """
+    run_dir = cell_dir(out, experiment, profile, folder or method, seed)
     config = cell_config(experiment, method, seed, profile=profile, sets=sets, out=out)
     finished = finished_cell(run_dir, config)
     if finished is not None:

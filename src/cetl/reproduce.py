@@ -104,13 +104,17 @@ def select_cells(table: Table, only: Sequence[str]) -> list[Cell]:
     if not only:
         return list(table.cells)
     for name in only:
-        if not any(name in (cell.id, cell.experiment, cell.method) for cell in table.cells):
+        if not any(name in (cell.id, cell.experiment, cell.method, cell.folder) for cell in table.cells):
             known = [cell.id for cell in table.cells]
             raise ConfigError(
                 f"--only {name} matches no cell of {table.name};{did_you_mean(name, known)} "
                 f"cells: {', '.join(known)}"
             )
-    return [cell for cell in table.cells if any(n in (cell.id, cell.experiment, cell.method) for n in only)]
+    return [
+        cell
+        for cell in table.cells
+        if any(n in (cell.id, cell.experiment, cell.method, cell.folder) for n in only)
+    ]
 
 
 def _datasets(config: ExperimentConfig) -> list[str]:
@@ -212,9 +216,10 @@ def _cell_run(
     if cell.method == TEACHER:
         config = cell_config(cell.experiment, STUDENT_OF_TEACHER, seed, profile=profile, sets=sets, out=out)
         return config, Path(str(config.source.path))
-    run_dir = cell_dir(out, cell.experiment, profile, cell.method, seed)
+    run_dir = cell_dir(out, cell.experiment, profile, cell.folder, seed)
     if cell.method not in METHODS.names():
         return None, run_dir
+    sets = [*cell.sets, *sets]
     return cell_config(cell.experiment, cell.method, seed, profile=profile, sets=sets, out=out), run_dir
 
 
@@ -366,9 +371,10 @@ def _run(task: Task, *, profile: str, sets: Sequence[str], out: Path, data_root:
         task.cell.method,
         task.seed,
         profile=profile,
-        sets=sets,
+        sets=[*task.cell.sets, *sets],
         out=out,
         data_root=data_root,
+        folder=task.cell.folder,
     )
 
 

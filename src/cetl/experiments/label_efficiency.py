@@ -98,16 +98,21 @@ def curve_experiments(source_short: str, target_short: str) -> list[tuple[int | 
     return [(n, f"{prefix}n{n}") for n in LABELS_PER_CLASS] + [(None, f"{prefix}all")]
 
 
-CURVE_METHODS = {
-    TEACHER: "S (frozen, trained on the other domain)",
-    "target_only": "target_only (T2 on the labels alone)",
-    "fine_tune": "fine_tune (S fine-tuned on the labels)",
-    "kd": "kd (S as teacher)",
-    "baseline": "baseline (CETL's classification schedule, no coupling)",
-    "cetl_e": "cetl_e",
-    "cetl": "cetl",
-}
-"""The curve's rows: method (or S itself) → row label, in the order the report lists them."""
+CURVE_ROWS: tuple[tuple[str, str, str], ...] = (
+    (TEACHER, "", "S (frozen, trained on the other domain)"),
+    ("target_only", "", "target_only (T2 on the labels alone)"),
+    ("fine_tune", "", "fine_tune (S fine-tuned on the labels)"),
+    ("kd", "", "kd (S as teacher)"),
+    ("baseline", "", "baseline (CETL's classification schedule, no coupling)"),
+    ("baseline", "from-s", "baseline, T2 from S (fine-tuning on CETL's schedule)"),
+    ("cetl_e", "", "cetl_e"),
+    ("cetl", "", "cetl"),
+    ("cetl", "from-s", "cetl, T2 from S"),
+)
+"""The curve's rows in report order: (method or S itself, variant, row label). Variant
+``from-s`` starts T2 from S's weights (``method.target_init=source``; S and T2 are both LeNets):
+the coupling earns its place only by beating ``baseline`` started the same way."""
+VARIANT_SETS = {"": (), "from-s": ("method.target_init=source",)}
 
 
 def _study(source_short: str, target_short: str) -> Table:
@@ -121,12 +126,12 @@ def _study(source_short: str, target_short: str) -> Table:
             f"Label efficiency, {source.upper()} network → {target.upper()}: target test accuracy against "
             f"labelled {target.upper()} images per class (not a paper table)"
         ),
-        rows=tuple(CURVE_METHODS.values()),
+        rows=tuple(row for _, _, row in CURVE_ROWS),
         columns=tuple(columns.values()),
         cells=tuple(
-            Cell(row, column, experiment, method, None)
+            Cell(row, column, experiment, method, None, sets=VARIANT_SETS[variant], variant=variant)
             for experiment, column in columns.items()
-            for method, row in CURVE_METHODS.items()
+            for method, variant, row in CURVE_ROWS
         ),
         curve="labelled target images per class",
         references=("fine_tune", "target_only"),

@@ -35,11 +35,20 @@ class Cell:
     also: tuple[str, ...] = ()
     """Other experiments whose run of ``method`` is the same cell (T2 trained alone ignores S, so
     Table 3's "Baseline" is one run per target, whichever source the experiment names)."""
+    sets: tuple[str, ...] = ()
+    """``KEY=VALUE`` overrides that make this cell a configured variant of ``method``."""
+    variant: str = ""
+    """Names a variant's folder, ``<method>-<variant>`` (required with :attr:`sets`)."""
+
+    @property
+    def folder(self) -> str:
+        """The cell's run folder name under ``OUT/<experiment>/<profile>/``."""
+        return f"{self.method}-{self.variant}" if self.variant else self.method
 
     @property
     def id(self) -> str:
-        """``EXPERIMENT/METHOD``, the name ``--only`` accepts (the cells' folder layout)."""
-        return f"{self.experiment}/{self.method}"
+        """``EXPERIMENT/FOLDER``, the name ``--only`` accepts (the cells' folder layout)."""
+        return f"{self.experiment}/{self.folder}"
 
 
 @dataclass(frozen=True)

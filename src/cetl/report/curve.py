@@ -74,7 +74,7 @@ def paired_markdown(result: TableResult) -> str:
     table = result.table
     blocks = []
     for reference in table.references:
-        reference_row = next((c.cell.row for c in result.cells if c.cell.method == reference), None)
+        reference_row = next((c.cell.row for c in result.cells if c.cell.folder == reference), None)
         if reference_row is None:
             continue
         lines = [

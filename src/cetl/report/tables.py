@@ -288,11 +288,13 @@ def write_plots(results: Sequence[TableResult], out_dir: Path) -> dict[str, list
             if cell.cell.method != "cetl":
                 continue
             first = cell.runs[0]
-            where = f"{table.name}, {cell.cell.column}, seed {first.seed}"
-            name = f"bound_{table.name}_{_slug(cell.cell.column)}.png"
+            variant = f" ({cell.cell.variant})" if cell.cell.variant else ""
+            where = f"{table.name}, {cell.cell.column}{variant}, seed {first.seed}"
+            stem = _slug(cell.cell.column) + (f"_{_slug(cell.cell.variant)}" if cell.cell.variant else "")
+            name = f"bound_{table.name}_{stem}.png"
             if plot_bound(first.summary, out_dir / name):
                 plots["bound"].append((f"{where}: error bound (Eq. 14), normalised as in Fig. 2", name))
-            name = f"gfi_{table.name}_{_slug(cell.cell.column)}.png"
+            name = f"gfi_{table.name}_{stem}.png"
             if plot_gfi_kept(stage_records(first), out_dir / name, title=f"CETL, {where}"):
                 plots["gfi"].append((f"{where}: GFI kept fraction per layer over rounds", name))
     return plots

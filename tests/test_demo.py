@@ -1,20 +1,31 @@
-"""The demo's offline path: bundled sample, both methods, report, resumable."""
+"""The demo offline: bundled sample, S and three methods at 10 labels per class, report, reuse."""
 
-from cetl.demo import DEMO_METHODS, demo_data_root, run_demo
+from cetl.demo import DEMO_TABLE, demo_data_root, run_demo
+from cetl.reproduce import get_table
 
 
 def test_demo_defaults_to_the_bundled_sample_without_a_data_root():
     assert demo_data_root(None).origin == "sample"
 
 
+def test_demo_is_the_ten_labels_column_of_the_label_efficiency_study():
+    table = get_table(DEMO_TABLE)
+    assert table.columns == ("10",)
+    assert [c.folder for c in table.cells] == ["teacher", "target_only", "fine_tune", "cetl"]
+    assert {c.experiment for c in table.cells} == {"tl_mn_to_us_n10"}
+
+
 def test_demo_runs_offline_on_the_sample_and_writes_a_report(tmp_path, capsys):
     report = run_demo(tmp_path, profile="smoke")
     text = report.read_text()
-    for method in DEMO_METHODS:
-        assert f"| {method}" in text
-        assert (tmp_path / "runs" / method / "summary.json").is_file()
+    for row in get_table(DEMO_TABLE).rows:
+        assert f"| {row} | " in text
     assert "the small real digit sample bundled with cetl" in text
-    assert (tmp_path / "curves.png").is_file()
-    capsys.readouterr()
+    assert "Paired difference from `fine_tune`" in text
+    assert (tmp_path / "curve_label_efficiency_demo.png").is_file()
+    for method in ("target_only", "fine_tune", "cetl"):
+        assert (tmp_path / "runs" / "tl_mn_to_us_n10" / "smoke" / method / "seed0" / "summary.json").is_file()
+    printed = capsys.readouterr().out
+    assert "| cetl | " in printed and "report: " in printed
     run_demo(tmp_path, profile="smoke")  # a second call reuses the finished runs
-    assert capsys.readouterr().out.count("already trained") == len(DEMO_METHODS)
+    assert capsys.readouterr().out.count("(reused)") == 4

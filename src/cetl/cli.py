@@ -2,7 +2,7 @@
 
 Commands (dataset and experiment names are lower-case):
 
-    cetl demo [--out DIR]                          quick MNIST→USPS comparison with a report
+    cetl demo [--out DIR]                          10 USPS labels per class, a frozen MNIST net; report
     cetl adapt --source S --target-data DATA [--tap T] [--unlabelled-data DIR] [--labels-per-class N]
                [--target-net NAME|auto] [--method M] [--profile P] [--seed N] [--set KEY=VALUE ...]
                [--out DIR] [--resume | --overwrite]      your own data and source (docs/adapt.md)
@@ -138,7 +138,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     export.add_argument("--output", type=Path, help="output file (default: RUN_DIR/model.onnx|.pt2)")
 
-    demo = commands.add_parser("demo", help="quick MNIST→USPS comparison with a report (CPU, minutes)")
+    demo = commands.add_parser(
+        "demo",
+        help="10 labelled USPS images per class and a frozen MNIST network: target_only, fine_tune, "
+        "cetl (CPU, minutes)",
+    )
     demo.add_argument("--out", type=Path, default=Path("demo"), help="output folder (default: demo)")
     demo.add_argument(
         "--data-root", help="dataset folder (default: $CETL_DATA_ROOT, else the bundled sample)"

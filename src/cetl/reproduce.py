@@ -32,7 +32,7 @@ from cetl.build import uses_source
 from cetl.compare import cell_config, cell_dir, finished_cell, format_eta, run_cell
 from cetl.config import ExperimentConfig, to_dict
 from cetl.data.datasets import find_spec, is_custom
-from cetl.data.root import DataRoot
+from cetl.data.root import ENV_VAR, DataRoot
 from cetl.engine.checkpoint import atomic_write_json
 from cetl.errors import CetlError, ConfigError, RunError
 from cetl.experiments.label_efficiency import STUDIES
@@ -146,6 +146,16 @@ def _missing_weights(config: ExperimentConfig) -> str | None:
 
 def blocker(config: ExperimentConfig, data_root: DataRoot) -> str | None:
     """Why a cell with ``config`` cannot run here (``not run: ...``), or ``None``; asks, never trains."""
+    if data_root.origin == "sample":  # the bundled sample is a file, not a torchvision layout
+        from cetl.data.sample import SAMPLE_COUNTS
+
+        absent = [find_spec(name).title for name in _datasets(config) if name not in SAMPLE_COUNTS]
+        if absent:
+            return (
+                f"not run: {' and '.join(absent)} not in the bundled sample (MNIST and USPS only); "
+                f"set --data-root or ${ENV_VAR}"
+            )
+        return _missing_weights(config)
     if not data_root.download:  # a root that downloads fetches what it lacks when the cell runs
         if not data_root.path.is_dir():
             return f"not run: data root {data_root.path} does not exist; see `cetl data check`"

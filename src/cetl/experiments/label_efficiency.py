@@ -138,5 +138,26 @@ def _study(source_short: str, target_short: str) -> Table:
     )
 
 
-STUDIES: dict[str, Table] = {table.name: table for table in (_study("mn", "us"), _study("us", "mn"))}
-"""Label-efficiency studies ``cetl reproduce`` runs beside the paper's tables."""
+DEMO_COLUMN = "10"
+DEMO_METHODS = (TEACHER, "target_only", "fine_tune", "cetl")
+
+
+def _demo(study: Table) -> Table:
+    """``cetl demo``'s table: the study's 10-labels column, S, ``target_only``, ``fine_tune``, ``cetl``."""
+    cells = tuple(
+        c for c in study.cells if c.column == DEMO_COLUMN and c.method in DEMO_METHODS and not c.variant
+    )
+    return dataclasses.replace(
+        study,
+        name="label_efficiency_demo",
+        title="cetl demo: 10 labelled USPS images per class, S = a LeNet trained on MNIST",
+        rows=tuple(c.row for c in cells),
+        columns=(DEMO_COLUMN,),
+        cells=cells,
+    )
+
+
+_MN_TO_US = _study("mn", "us")
+STUDIES: dict[str, Table] = {table.name: table for table in (_MN_TO_US, _study("us", "mn"), _demo(_MN_TO_US))}
+"""Label-efficiency studies ``cetl reproduce`` runs beside the paper's tables (the last is
+``cetl demo``'s single column)."""

@@ -299,3 +299,28 @@ def test_an_interrupted_adapt_says_how_to_resume(monkeypatch, usps_folder: Path,
     monkeypatch.setattr(sys.modules["cetl.adapt"], "adapt", interrupted)
     assert main(["adapt", "--source", "resnet18:none", "--target-data", str(usps_folder)]) == 130
     assert "run the same 'cetl adapt' command with --resume" in capsys.readouterr().err
+
+
+def test_adapt_trains_baselines_beside_its_run_and_reuses_them(
+    usps_folder: Path, source_run: Result, tmp_path: Path, capsys
+):
+    common = ["--source", str(source_run.run_dir), "--target-data", str(usps_folder), "--profile", "smoke"]
+    common += ["--labels-per-class", "2", "--baselines", "target_only,fine_tune", *FAST]
+    assert main(["adapt", *common, "--method", "cetl_e", "--out", str(tmp_path / "first")]) == 0
+    printed = capsys.readouterr().out
+    assert "| cetl_e (this run) |" in printed and "| target_only |" in printed and "| fine_tune |" in printed
+    assert "training baseline fine_tune" in printed
+    summary = json.loads((tmp_path / "first" / "summary.json").read_text())
+    baselines = summary["baselines"]
+    assert set(baselines) == {"target_only", "fine_tune"}
+    expected = 100 * (summary["target_test_accuracy"] - baselines["target_only"]["target_test_accuracy"])
+    assert baselines["target_only"]["difference"] == pytest.approx(expected)
+    assert (tmp_path / "baselines" / "fine_tune" / "summary.json").is_file()
+    # Another method on the same labels and seed reuses both baselines.
+    assert main(["adapt", *common, "--method", "target_only", "--out", str(tmp_path / "second")]) == 0
+    printed = capsys.readouterr().out
+    assert "training baseline" not in printed and "| fine_tune |" in printed
+    assert (
+        main(["adapt", *common[: -len(FAST)], "--baselines", "fine_tun", "--out", str(tmp_path / "x")]) == 2
+    )
+    assert "did you mean 'fine_tune'" in capsys.readouterr().err

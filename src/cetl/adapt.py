@@ -53,6 +53,8 @@ COLOUR_NETWORK = "ci_cnn"
 RUN_PROTOCOLS = {"drcn": "drcn", "adda": "adda", "cifar": "cifar", "cifar10s": "cifar", "stl_cifar": "cifar"}
 """A run source's protocol → the target's: the same image size and colour, without class lists
 (the user's classes are their own)."""
+DEFAULT_BASELINES = ("target_only",)
+"""Trained beside every ``cetl adapt`` run: T2 on the labels alone, the bar borrowing must clear."""
 SOURCE_FORMS = (
     "an .onnx file, a run folder of this project (holding summary.json), or a model name: "
     "torchvision NAME[:WEIGHTS] (e.g. resnet18:IMAGENET1K_V1) or timm NAME (e.g. resnet18.a1_in1k), "
@@ -99,6 +101,7 @@ def adapt(
     data_root: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
+    baselines: Sequence[str] = DEFAULT_BASELINES,
     **overrides: Any,
 ) -> Result:
     """Train a target network on your own data, borrowing from a frozen source S.
@@ -120,6 +123,11 @@ def adapt(
         out: run folder (default ``runs/adapt/<data>/<profile>/<method>/seed<N>``).
         data_root: only for sources or data that read registered datasets (default as ``cetl train``).
         resume: continue the run in ``out``; overwrite: replace it.
+        baselines: methods trained beside ``method`` on the same data, labels, seed and
+            overrides, so the summary answers "did borrowing from S help?" (``baselines`` in
+            ``summary.json``: each one's accuracy and the paired difference). A finished
+            baseline with the same config is reused across calls; ``fine_tune`` is skipped
+            (with a note) for a source without trainable weights. ``()`` trains none.
         **overrides: config sections as nested mappings, e.g. ``train={"rounds": 4}``.
 
     Raises:
@@ -146,7 +154,60 @@ def adapt(
     run_dir = Path(out) if out is not None else default_adapt_dir(config)
     train_run(config, run_dir=run_dir, data_root=root, resume=resume, overwrite=overwrite)
     metrics, net = _export_target_net(run_dir)
+    compared = {}
+    for baseline in dict.fromkeys(b for b in baselines if b != method):
+        baseline_config = adapt_config(
+            source if baseline != "target_only" else None,
+            target_data,
+            unlabelled_data=unlabelled_data,
+            target_net=target_net,
+            method=baseline,
+            profile=profile,
+            seed=seed,
+            tap=tap,
+            labels_per_class=labels_per_class,
+            sets=sets,
+            overrides=overrides,
+            data_root=root,
+        )
+        if baseline == "fine_tune" and baseline_config.source.kind == "onnx":
+            print("cetl: note: baseline fine_tune skipped: an ONNX source has no weights to fine-tune")
+            continue
+        folder = (
+            default_adapt_dir(baseline_config) if out is None else run_dir.parent / "baselines" / baseline
+        )
+        compared[baseline] = _baseline(baseline_config, folder, root, metrics)
+    if compared:
+        from cetl.engine.checkpoint import atomic_write_json
+        from cetl.runs import SUMMARY_FILE
+
+        metrics["baselines"] = compared
+        atomic_write_json(run_dir / SUMMARY_FILE, metrics)
     return Result(target_net=net, metrics=metrics, run_dir=run_dir, config=config)
+
+
+def _baseline(
+    config: ExperimentConfig, run_dir: Path, root: DataRoot, metrics: dict[str, Any]
+) -> dict[str, Any]:
+    """Train (or reuse, when it finished with this very config) one baseline; its record."""
+    from cetl.config import to_dict
+    from cetl.runs import LAST_CHECKPOINT, config_differences, read_config, read_summary, train_run
+
+    summary = read_summary(run_dir)
+    if summary is not None and config_differences(to_dict(read_config(run_dir)), to_dict(config)):
+        print(f"cetl: note: baseline {config.method.name} in {run_dir} had another config; training it again")
+        summary = train_run(config, run_dir=run_dir, data_root=root, overwrite=True)
+    elif summary is None:
+        print(f"cetl: training baseline {config.method.name} into {run_dir}")
+        summary = train_run(
+            config, run_dir=run_dir, data_root=root, resume=(run_dir / LAST_CHECKPOINT).exists()
+        )
+    return {
+        "target_test_accuracy": summary["target_test_accuracy"],
+        "difference": 100 * (metrics["target_test_accuracy"] - summary["target_test_accuracy"]),
+        "wall_seconds": summary["wall_seconds"],
+        "run_dir": str(run_dir),
+    }
 
 
 def adapt_config(
@@ -216,6 +277,35 @@ def adapt_config(
             f"target_only trains without one"
         )
     return config
+
+
+def parse_baselines(text: str) -> tuple[str, ...]:
+    """``--baselines``: comma-separated method names, or ``none``.
+
+    Raises:
+        ConfigError: an unknown method, with a suggestion.
+    """
+    from cetl.methods import METHODS
+
+    if text.strip().lower() == "none":
+        return ()
+    names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
+    for name in names:
+        METHODS.get(name)  # unknown names fail here, with a "did you mean"
+    return names
+
+
+def baseline_table(metrics: Mapping[str, Any]) -> str:
+    """The paired table ``cetl adapt`` prints: this run, then each baseline and its difference."""
+    lines = [
+        "| method | target test acc. (%) | this run minus it (points) | run folder |",
+        "|---|---:|---:|---|",
+        f"| {metrics['method']} (this run) | {100 * metrics['target_test_accuracy']:.2f} | – | – |",
+    ]
+    for name, entry in metrics.get("baselines", {}).items():
+        accuracy, difference = 100 * entry["target_test_accuracy"], entry["difference"]
+        lines.append(f"| {name} | {accuracy:.2f} | {difference:+.2f} | {entry['run_dir']} |")
+    return "\n".join(lines) + "\n"
 
 
 def default_adapt_dir(config: ExperimentConfig) -> Path:

@@ -185,6 +185,12 @@ def _adapt_parser(commands: argparse._SubParsersAction) -> None:
         "--set", dest="sets", action="append", default=[], metavar="KEY=VALUE", help="override a config value"
     )
     adapt.add_argument("--out", help="run folder (default: runs/adapt/DATA/PROFILE/METHOD/seedN)")
+    adapt.add_argument(
+        "--baselines",
+        default="target_only",
+        help="methods trained beside --method on the same labels and seed, for a paired table "
+        "(comma-separated; default: target_only; e.g. target_only,fine_tune; none for none)",
+    )
     adapt.add_argument("--resume", action="store_true", help="continue the run in --out")
     adapt.add_argument("--overwrite", action="store_true", help="replace the run in --out")
 
@@ -421,7 +427,7 @@ def _demo(args: argparse.Namespace) -> int:
 
 
 def _adapt(args: argparse.Namespace) -> int:
-    from cetl.adapt import adapt
+    from cetl.adapt import adapt, baseline_table, parse_baselines
 
     try:
         result = adapt(
@@ -438,6 +444,7 @@ def _adapt(args: argparse.Namespace) -> int:
             out=args.out,
             resume=args.resume,
             overwrite=args.overwrite,
+            baselines=parse_baselines(args.baselines),
         )
     except KeyboardInterrupt as error:  # read by main(); the train hint would skip the exports
         error.resume_hint = (  # type: ignore[attr-defined]
@@ -451,6 +458,8 @@ def _adapt(args: argparse.Namespace) -> int:
         f"test images in {metrics['wall_seconds']:.0f} s\n"
         f"run folder: {result.run_dir} ({', '.join(metrics['target_net_files'])}, summary.json)"
     )
+    if metrics.get("baselines"):
+        print(baseline_table(metrics), end="")
     return 0
 
 

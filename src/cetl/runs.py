@@ -46,6 +46,7 @@ from cetl.engine.checkpoint import atomic_write_json, atomic_write_text, load_ch
 from cetl.engine.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, accuracy, resolve_device, train
 from cetl.errors import ConfigError, RunError
 from cetl.experiments import EXPERIMENTS
+from cetl.methods import METHODS
 
 CONFIG_FILE = "config.yaml"
 SUMMARY_FILE = "summary.json"
@@ -382,8 +383,8 @@ def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, nn.Module, DataInf
         notes=(),
     )
     states = load_checkpoint(run_dir / BEST_CHECKPOINT).get("networks", {})
-    if "target_net" not in states and "fine_tuned" in states:
-        return config, _load_fine_tuned(config, info, states["fine_tuned"]), info
+    if "target_net" not in states and hasattr(METHODS.get(config.method.name), "exportable"):
+        return config, _load_copy_of_source(config, info, states), info
     net = build_target_net(config, info)
     if "target_net" not in states:
         raise RunError(f"'{run_dir / BEST_CHECKPOINT}' holds no target network weights")
@@ -391,9 +392,10 @@ def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, nn.Module, DataInf
     return config, net.eval(), info
 
 
-def _load_fine_tuned(config: ExperimentConfig, info: DataInfo, state: dict[str, Any]) -> nn.Module:
-    """A ``fine_tune`` run's network: S's architecture, rebuilt from S (which must still be where
-    the run found it), with the run's selected weights, behind S's input transform."""
+def _load_copy_of_source(config: ExperimentConfig, info: DataInfo, states: dict[str, Any]) -> nn.Module:
+    """The network of a method that trains a copy of S (``fine_tune``, ``shot``): rebuilt from S
+    (which must still be where the run found it) with the run's selected weights, behind S's
+    input transform (the method's ``exportable()``)."""
     source_dir = None
     if config.source.path:
         source_dir = Path(config.source.path)
@@ -401,11 +403,12 @@ def _load_fine_tuned(config: ExperimentConfig, info: DataInfo, state: dict[str, 
         source_dir = source_run_dir(config, source_run_config(config))
     if source_dir is not None and read_summary(source_dir) is None:
         raise RunError(
-            f"this fine_tune run's network is a copy of S, rebuilt from S's run, but '{source_dir}' "
-            f"holds no finished run; put S's run folder back there"
+            f"this {config.method.name} run's network is a copy of S, rebuilt from S's run, but "
+            f"'{source_dir}' holds no finished run; put S's run folder back there"
         )
     method = build_method(config, info, source=build_source(config.source, run_dir=source_dir))
-    method.network.load_state_dict(state)
+    for name, network in method.trainable_networks().items():
+        network.load_state_dict(states[name])
     return method.exportable().eval()
 
 

@@ -10,6 +10,7 @@ from cetl.methods.distillation import FSP, FitNets, KnowledgeDistillation
 from cetl.methods.drcn import DRCN
 from cetl.methods.fine_tune import FineTune
 from cetl.methods.mmd import WDAN
+from cetl.methods.shot import Shot
 from cetl.methods.subspace import SA
 from cetl.registry import Registry
 
@@ -35,5 +36,6 @@ METHODS.add("wda", WDAN)  # the CETL paper's name for WDAN (Table 5, [37])
 METHODS.add("drcn", DRCN)
 METHODS.add("sa", SA)
 METHODS.add("fine_tune", FineTune)  # Table 3's FT-VGG
+METHODS.add("shot", Shot)  # source-free: Liang et al., ICML 2020
 
 __all__ = ["CETL", "METHODS", "Batch", "Method", "Stage", "Update"]

@@ -12,7 +12,7 @@ from torch import nn
 from cetl.cli import main
 from cetl.data.digits import LabelledSet
 from cetl.data.training import TrainingData
-from cetl.engine.validators import unsupervised_score
+from cetl.engine.validators import unsupervised_scores
 from cetl.monitor import BOUND_KEYS, bound_terms, gaussian_mmd
 from cetl.report.render import bound_series, write_report
 
@@ -81,7 +81,7 @@ def test_entropy_validator_scores_uniform_predictions_at_log_k():
     )
     import contextlib
 
-    score = unsupervised_score("unsupervised:entropy", Uniform(), data, autocast=contextlib.nullcontext())
+    score = unsupervised_scores(["unsupervised:entropy"], Uniform(), data, autocast=contextlib.nullcontext())
     assert score == {"unsupervised_entropy": pytest.approx(math.log(4))}
 
 

@@ -13,8 +13,9 @@ from cetl.data.synthetic import synthetic_training_data
 from cetl.engine.loop import train
 from cetl.errors import ConfigError
 from cetl.experiments import resolve
+from cetl.losses.information import information_maximisation
 from cetl.methods.base import Batch
-from cetl.methods.shot import Shot, ShotConfig, centroid_labels, information_maximisation
+from cetl.methods.shot import Shot, ShotConfig, centroid_labels
 from cetl.networks import NETWORKS
 from cetl.runs import evaluate_run, load_target_net, train_run
 from cetl.source import FrozenSource, source_from_network

@@ -35,6 +35,7 @@ from cetl.experiments import resolve
 from cetl.experiments.paper import paper_accuracy
 from cetl.methods import METHODS
 from cetl.report.collect import Run
+from cetl.report.regret import regret_markdown
 from cetl.report.render import format_ratio
 from cetl.report.tables import format_duration, plot_balance_and_stages, sample_std
 from cetl.runs import LAST_CHECKPOINT, config_differences, read_config, read_summary, train_run
@@ -410,6 +411,9 @@ def _write(
     text = header + format_table(rows, reference=reference, oracle=oracle)
     if balance:  # only with data: comparisons of older runs read exactly as before
         text += f"\n{balance}{balance_plots}"
+    regret = regret_markdown([(row.method, [summaries[row.method][s] for s in row.seeds]) for row in rows])
+    if oracle and regret:
+        text += f"\n## Selection regret\n\n{regret}"
     atomic_write_text(folder / "compare.md", text + stage_plots)
     atomic_write_json(
         folder / "compare.json",

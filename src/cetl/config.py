@@ -201,12 +201,20 @@ class TrainConfig:
     max_steps_per_epoch: PositiveInt | None = None
     """Cap on steps per stage epoch (``smoke`` uses it to keep tests to seconds)."""
     selection: Literal[
-        "auto", "source_val", "last", "unsupervised:entropy", "unsupervised:reconstruction"
+        "auto",
+        "source_val",
+        "last",
+        "unsupervised:entropy",
+        "unsupervised:reconstruction",
+        "unsupervised:im",
+        "unsupervised:snd",
+        "unsupervised:dev",
     ] = "auto"
     """Model selection without target labels (``cetl.engine.validators``): best labelled-validation
-    accuracy, the last round, or an unsupervised score on target images (lowest prediction
-    entropy or reconstruction error). ``auto`` is ``source_val`` when the labelled data is source
-    data, else ``last``."""
+    accuracy, the last round, or an unsupervised score on target images (prediction entropy,
+    reconstruction error, information maximisation, soft neighbourhood density, or deep
+    embedded validation). ``auto`` is ``source_val`` when the labelled data is source data, else
+    ``last``. Every evaluation records every applicable score, whichever rule selects."""
     monitor: bool = True
     """Log the method's monitor values (the error-bound terms of METHOD.md §6) at each evaluation."""
     device: str = "auto"

@@ -41,7 +41,7 @@ from cetl.engine.checkpoint import load_checkpoint, save_checkpoint
 from cetl.engine.distributed import SINGLE, World, current
 from cetl.engine.logging import MetricsLog, NullLog, progress
 from cetl.engine.nonfinite import NonFiniteWatch
-from cetl.engine.validators import check_selection, unsupervised_score
+from cetl.engine.validators import applicable_rules, check_selection, selection_score, unsupervised_scores
 from cetl.errors import ConfigError, RunError
 from cetl.methods.base import Batch, Method, Stage, Stream, Update
 
@@ -84,13 +84,6 @@ def resolve_device(name: str) -> torch.device:
     if device.type == "cuda" and not torch.cuda.is_available():
         raise ConfigError(f"train.device is '{name}' but CUDA is not available; use train.device=cpu")
     return device
-
-
-def _selection_score(selection: str, record: dict[str, Any]) -> float:
-    """Higher is better: validation accuracy, or minus an unsupervised validator's value."""
-    if selection.startswith("unsupervised:"):
-        return -record[f"unsupervised_{selection.removeprefix('unsupervised:')}"]
-    return record["val_accuracy"]
 
 
 def resolve_selection(selection: str, labelled_domain: str) -> str:
@@ -313,6 +306,7 @@ def train(
     method.to(device)
     data = data.to(device)
     check_selection(selection, method, data)
+    rules = applicable_rules(method, data)
     use_amp = train_config.amp and device.type == "cuda"
     autocast: contextlib.AbstractContextManager[Any] = (
         torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
@@ -521,15 +515,16 @@ def train(
             }
             if train_config.eval_every_stage and stages:
                 stage_eval(round_index, stages[-1].name, record)
-            if selection.startswith("unsupervised:"):
-                record |= unsupervised_score(selection, method, data, autocast=autocast)
+            # Every applicable rule, not only the one that selects: each run then shows what
+            # the others would have chosen (their regret) without training again.
+            record |= unsupervised_scores(rules, method, data, autocast=autocast)
             if train_config.monitor:
                 method.eval()
                 with torch.inference_mode():
                     record |= method.monitor(data)
             state.history.append(record)
             log.write(record, step=state.global_step)
-            score = _selection_score(selection, record)
+            score = selection_score(selection, record)
             if selection == "last" or score > state.best.get("score", -math.inf):
                 state.best = {k: record[k] for k in ("round", "val_accuracy", "target_test_accuracy")}
                 state.best["score"] = score

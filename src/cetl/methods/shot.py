@@ -37,6 +37,7 @@ from torch import Tensor, nn
 from cetl.config import MethodConfig, NonNegativeFloat, NonNegativeInt
 from cetl.errors import ConfigError
 from cetl.losses.classification import classification_loss
+from cetl.losses.information import information_maximisation
 from cetl.methods.base import Batch, Component, Method, Stage, Update
 from cetl.methods.fine_tune import FineTunedNetwork
 from cetl.networks import TapNetwork
@@ -60,16 +61,6 @@ class ShotConfig(MethodConfig):
     """Weight of ``L_div``; ``L_ent`` weighs 1 (the paper weighs them equally)."""
     relabel_steps: NonNegativeInt = 1
     """Centroid-and-relabel iterations after the prediction-weighted centroids (the paper: 1)."""
-
-
-def information_maximisation(logits: Tensor) -> tuple[Tensor, Tensor]:
-    """``(L_ent, L_div)`` of SHOT's Eq. 2 for a batch of logits ``(B, K)``."""
-    log_p = torch.log_softmax(logits.float(), dim=1)
-    p = log_p.exp()
-    entropy = -(p * log_p).sum(dim=1).mean()
-    mean = p.mean(dim=0)
-    diversity = (mean * torch.log(mean + 1e-5)).sum()  # = -H(p̂): minimising it spreads predictions
-    return entropy, diversity
 
 
 def centroid_labels(features: Tensor, probabilities: Tensor, *, relabel_steps: int) -> Tensor:

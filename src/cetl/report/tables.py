@@ -25,6 +25,7 @@ from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
 from cetl.experiments.paper import Cell, Table
 from cetl.report.collect import Run, balance_records, stage_records
 from cetl.report.curve import curve_markdown, paired_markdown, plot_curve
+from cetl.report.regret import regret_markdown
 from cetl.report.render import (
     format_ratio,
     plot_bound,
@@ -389,6 +390,11 @@ def report_markdown(
         inert = inert_markdown(result)
         if inert:
             lines += ["", inert.rstrip("\n")]
+        measured = [c for c in result.cells if c.measured]
+        if any(run.summary.get("setting") == "domain_adaptation" for c in measured for run in c.runs):
+            regret = regret_markdown([(c.cell.id, [run.summary for run in c.runs]) for c in measured])
+            if regret:
+                lines += ["", "Selection regret per cell:", "", regret.rstrip("\n")]
     for section, title_text in SECTIONS.items():
         if plots.get(section):
             lines += ["", f"## {title_text}"]

@@ -1,5 +1,6 @@
 """DANN, ADDA and WDAN ("WDA"): the GRL, the domain and WMMD losses, and each method on the engine."""
 
+import contextlib
 import dataclasses
 import json
 import math
@@ -130,6 +131,23 @@ def test_dann_reversal_reaches_t2_only_as_the_schedule_allows():
     assert {id(p) for p in update.parameters()} == {
         id(p) for p in [*method.target_net.parameters(), *method.discriminator.parameters()]
     }
+
+
+def test_dann_anneals_the_learning_rate_as_its_paper():
+    method = make_method("dann")
+    (update,) = method.stages(0)[0].updates
+    assert update.lr_factor(0.0) == 1.0
+    assert update.lr_factor(1.0) == pytest.approx(11**-0.75)
+    optimizer = loop.make_optimizer(update.param_groups(1e-3), OptimizerConfig(lr=1e-3))
+    loop.run_update(update, a_batch(0.5), optimizer, max_grad_norm=None, autocast=contextlib.nullcontext())
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3 * 6**-0.75)
+    assert optimizer.param_groups[0]["base_lr"] == 1e-3  # kept in the state: a resumed run anneals alike
+    loop.run_update(update, a_batch(0.0), optimizer, max_grad_norm=None, autocast=contextlib.nullcontext())
+    assert optimizer.param_groups[0]["lr"] == pytest.approx(1e-3)
+    constant = METHODS.get("dann")(
+        dataclasses.replace(method.config, lr_anneal_alpha=0.0), target_net=method.target_net
+    )
+    assert constant.stages(0)[0].updates[0].lr_factor is None
 
 
 def test_dann_reversed_gradient_is_minus_lambda_times_the_plain_one():

@@ -168,6 +168,10 @@ def run_update(
         return None
     if max_grad_norm is not None:
         torch.nn.utils.clip_grad_norm_(list(update.parameters()), max_grad_norm)
+    if update.lr_factor is not None:  # the rate each group started with, kept in its state
+        factor = update.lr_factor(batch.progress)
+        for group in optimizer.param_groups:
+            group["lr"] = group.setdefault("base_lr", group["lr"]) * factor
     optimizer.step()
     return {name: term.detach() for name, term in terms.items()}
 

@@ -42,6 +42,11 @@ class DannConfig(MethodConfig):
     through the reversal, T2's (TLlib's ``trade_off``)."""
     hidden: PositiveInt = 1024
     """Width of the discriminator's two hidden layers (1024 as TLlib's DANN; 500 as ADDA's)."""
+    lr_anneal_alpha: NonNegativeFloat = 10.0
+    """α of DANN's learning-rate annealing ``μ_p = μ_0 / (1 + α p)^β`` (§5.2.2: 10); 0 keeps the
+    rate constant (this project's DANN before 2026-12-05)."""
+    lr_anneal_beta: NonNegativeFloat = 0.75
+    """β of the annealing (§5.2.2: 0.75)."""
 
 
 class DANN(Method):
@@ -56,9 +61,9 @@ class DANN(Method):
     reversal, T2's feature layers ascend it: the saddle point of Eq. 1 in one backward pass.
 
     Source and target images go through T2 as one batch, so BatchNorm (``drcn_bn``) sees both
-    domains, as in the papers' implementations. DANN's learning-rate annealing
-    ``μ_p = μ_0 / (1 + 10 p)^0.75`` is not applied: the engine's optimiser settings are shared
-    by every method, so budgets stay comparable.
+    domains, as in the papers' implementations. The learning rate is annealed as the paper's
+    §5.2.2, ``μ_p = μ_0 / (1 + α p)^β`` with α = 10, β = 0.75 and ``μ_0`` the run's
+    ``optimizer.lr`` (the update's ``lr_factor``), over the same budget as every other method.
 
     Args:
         config: the method's options.
@@ -82,8 +87,12 @@ class DANN(Method):
             (self.target_net, self.discriminator),
             self._losses,
             {"domain": self.config.domain_weight},
+            lr_factor=self._annealing if self.config.lr_anneal_alpha > 0 else None,
         )
         return [Stage("dann", ("labelled", "target"), (update,))]
+
+    def _annealing(self, progress: float) -> float:
+        return (1 + self.config.lr_anneal_alpha * progress) ** -self.config.lr_anneal_beta
 
     def _losses(self, batch: Batch) -> dict[str, Tensor]:
         features = self.target_net.coupling(torch.cat([batch.x, batch.x_tgt]))

@@ -64,6 +64,9 @@ class Update:
         lr_scales: per network of ``networks``, a factor on the learning rate of the parameters
             it is first to list (fine-tuning's smaller rate for a pre-trained backbone than for a
             new head); empty: 1 for every network.
+        lr_factor: the learning rate's factor at a fraction of training done (``Batch.progress``),
+            applied before every step: a method's own annealing policy (DANN's
+            ``μ_p = μ_0 / (1 + 10 p)^0.75``); ``None`` keeps the rate constant.
     """
 
     name: str
@@ -72,6 +75,7 @@ class Update:
     weights: Mapping[str, float] = field(default_factory=dict)
     optimizer: Mapping[str, Any] = field(default_factory=dict)
     lr_scales: tuple[float, ...] = ()
+    lr_factor: Callable[[float], float] | None = None
 
     def parameters(self) -> Iterator[nn.Parameter]:
         """Trainable parameters, each once, in a stable order."""

@@ -76,7 +76,8 @@ def test_every_table_cell_names_a_registered_experiment_and_method():
 def test_tables_hold_the_papers_numbers():
     assert list(TABLES) == ["table2", "table3", "table4", "table5"]
     table5 = TABLES["table5"]
-    assert len(table5.rows) == 8 and table5.columns[0] == "MN→US"  # 7 paper rows + the oracle
+    assert len(table5.rows) == 9 and table5.columns[0] == "MN→US"  # 7 paper rows, SHOT, the oracle
+    assert table5.cell("SHOT (source-free, not in the paper)", "MN→US").method == "shot"
     assert table5.cell("ADDA", "MN→SV") is None  # a dash in the paper: no cell
     assert table5.cell("WDA", "MN→SV").paper == 23.5
     assert table5.cell("Target only (oracle, not in the paper)", "US→MN").paper is None

@@ -38,7 +38,7 @@ def test_table_names_and_only_are_checked_with_suggestions():
         get_table("tabel5")
     table = TABLES["table5"]
     assert [c.id for c in select_cells(table, ["digits_mn_to_us/cetl"])] == ["digits_mn_to_us/cetl"]
-    assert len(select_cells(table, ["digits_us_to_mn"])) == 8 and len(select_cells(table, ["adda"])) == 3
+    assert len(select_cells(table, ["digits_us_to_mn"])) == 9 and len(select_cells(table, ["adda"])) == 3
     with pytest.raises(ConfigError, match="did you mean 'digits_mn_to_us/cetl'"):
         select_cells(table, ["digits_mn_to_us/cetll"])
 

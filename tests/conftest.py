@@ -55,3 +55,31 @@ def interrupt_at_evaluation(monkeypatch: pytest.MonkeyPatch):
         monkeypatch.setattr(loop, "accuracy", interrupting)
 
     return arm
+
+
+CHECKOUT = Path(__file__).resolve().parent.parent
+WRITABLE_OUTPUTS = ("runs", "demo", "report")
+"""Folders the CLI writes into the current directory by default; the suite must leave them alone."""
+
+
+BENCHMARK_RUNS = CHECKOUT / "runs" / "benchmarks"
+"""Hand-run benchmarks (``benchmarks/``) write there, perhaps while the suite runs beside them."""
+
+
+def _outputs() -> set[str]:
+    return {
+        str(p)
+        for name in WRITABLE_OUTPUTS
+        for p in (CHECKOUT / name).rglob("*")
+        if not p.is_relative_to(BENCHMARK_RUNS)
+    }
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _checkout_is_left_unchanged():
+    """Every test writes under ``tmp_path``: a run the suite left in the checkout would be
+    reused by a user's next command (a test-made S, refused folders)."""
+    before = _outputs()
+    yield
+    added = sorted(_outputs() - before)
+    assert not added, f"the test suite wrote into the checkout: {added[:5]}"

@@ -95,7 +95,8 @@ def test_bound_series_normalises_each_side_by_its_maximum():
 
 
 @pytest.mark.needs_data
-def test_cetl_run_logs_the_bound_and_unsupervised_selection_is_honoured(tmp_path, data_root):
+def test_cetl_run_logs_the_bound_and_unsupervised_selection_is_honoured(tmp_path, monkeypatch, data_root):
+    monkeypatch.chdir(tmp_path)  # S goes to its default folder, runs/..., under tmp_path
     run = tmp_path / "cetl"
     argv = ["train", "digits_mn_to_us", "--method", "cetl_e", "--profile", "smoke", "--out", str(run)]
     argv += ["--data-root", str(data_root.path), "--set", "train.selection=unsupervised:reconstruction"]

@@ -123,3 +123,16 @@ def test_configs_are_frozen():
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.seed = 1  # type: ignore[misc]
     assert isinstance(merge(config, {}), ExperimentConfig)
+
+
+def test_scientific_notation_without_a_dot_is_a_float(tmp_path):
+    # PyYAML (YAML 1.1) reads 2e-4 as a string; a user writing it means the number.
+    config = resolve(
+        "digits_mn_to_us", profile="smoke", sets=["optimizer.lr=2e-4", "optimizer.max_grad_norm=1E1"]
+    )
+    assert config.optimizer.lr == 2e-4 and config.optimizer.max_grad_norm == 10.0
+    path = tmp_path / "c.yaml"
+    path.write_text("experiment: digits_mn_to_us\noptimizer:\n  lr: 3e-4\n")
+    assert resolve(str(path), profile="smoke").optimizer.lr == 3e-4
+    with pytest.raises(ConfigError, match="expected int"):
+        resolve("digits_mn_to_us", profile="smoke", sets=["train.rounds=2e1"])

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
 import types
 import typing
 from collections.abc import Mapping
@@ -369,6 +370,9 @@ def _check_value(value: Any, annotation: Any, path: str) -> Any:
                 continue
             return _check_value(value, arg, path)  # the type fits: a range error is the message
         raise ConfigError(f"invalid value {_show(value)} for '{path}': expected {_type_name(annotation)}")
+    if annotation is float and isinstance(value, str) and _SCIENTIFIC.fullmatch(value.strip()):
+        # YAML 1.1 (PyYAML) reads 2e-4 as a string (it wants 2.0e-4): a number a user means.
+        value = float(value)
     if annotation is float and isinstance(value, int) and not isinstance(value, bool):
         try:
             return float(value)
@@ -386,6 +390,10 @@ def _check_value(value: Any, annotation: Any, path: str) -> Any:
             f"got {type(value).__name__}"
         )
     raise TypeError(f"config field '{path}' has an unsupported annotation {annotation!r}")
+
+
+_SCIENTIFIC = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
+"""Scientific notation without the dot YAML 1.1 needs (``2e-4``, ``1E3``)."""
 
 
 def _without_range(annotation: Any) -> Any:

@@ -18,6 +18,13 @@ def test_get_unknown_name_suggests_the_closest_and_lists_all():
     assert str(error.value) == "unknown widget 'alpah'; did you mean 'alpha'? known widgets: alpha, beta"
 
 
+def test_upper_case_names_get_the_lower_case_suggestion():
+    with pytest.raises(ConfigError, match=r"unknown method 'CETL'; did you mean 'cetl'\?"):
+        METHODS.get("CETL")
+    with pytest.raises(ConfigError, match=r"did you mean 'fine_tune'\?"):
+        METHODS.get("Fine_Tune")
+
+
 def test_get_unknown_name_without_close_match_has_no_suggestion():
     registry: Registry[int] = Registry("widget")
     registry.add("alpha", 1)

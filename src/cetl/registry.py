@@ -21,9 +21,13 @@ T = TypeVar("T")
 
 
 def did_you_mean(name: str, known: list[str]) -> str:
-    """A " did you mean 'x'?" suffix for the closest known name, or "" when none is close."""
-    close = difflib.get_close_matches(name, known, n=1, cutoff=0.6)
-    return f" did you mean '{close[0]}'?" if close else ""
+    """A " did you mean 'x'?" suffix for the closest known name, or "" when none is close.
+
+    Case is ignored in the comparison (``CETL`` → ``cetl``); the suggestion is the known spelling.
+    """
+    lowered = {entry.lower(): entry for entry in reversed(known)}  # the first spelling wins
+    close = difflib.get_close_matches(name.lower(), list(lowered), n=1, cutoff=0.6)
+    return f" did you mean '{lowered[close[0]]}'?" if close else ""
 
 
 class Registry(Generic[T]):

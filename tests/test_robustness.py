@@ -454,3 +454,20 @@ def test_cli_source_run_of_another_protocol_fails_before_the_run_folder(
     assert main([*args, *sets]) == 2
     assert "cetl: error: the source S (run " in capsys.readouterr().err
     assert not out.exists()
+
+
+@pytest.mark.needs_data
+def test_the_resume_hint_works_in_a_shell_without_the_data_root(
+    tmp_path, monkeypatch, interrupt_at_evaluation, data_root
+):
+    run = tmp_path / "run"
+    argv = ["train", "digits_mn_to_us", "--method", "source_only", "--profile", "smoke", "--out", str(run)]
+    interrupt_at_evaluation(3)  # round 0 saved, round 1 interrupted
+    assert main([*argv, "--data-root", str(data_root.path)]) == 130
+    assert json.loads((run / "data_root.json").read_text())["path"] == str(data_root.path)
+    interrupt_at_evaluation(None)
+    monkeypatch.delenv("CETL_DATA_ROOT", raising=False)  # a new shell: only the run knows the data
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "empty-cache"))  # a download would fail here
+    assert main(["train", str(run / "config.yaml"), "--out", str(run), "--resume"]) == 0
+    summary = json.loads((run / "summary.json").read_text())
+    assert summary["data_root_origin"] == "run" and summary["rounds"] == 2

@@ -292,15 +292,17 @@ def _train(args: argparse.Namespace) -> int:
     from cetl.data.root import resolve_data_root
     from cetl.engine.distributed import current
     from cetl.experiments import resolve
-    from cetl.runs import default_run_dir, resume_hint, train_run
+    from cetl.runs import default_run_dir, resume_hint, run_data_root, train_run
 
     config = resolve(args.target, method=args.method, profile=args.profile, seed=args.seed, sets=args.sets)
     run_dir = Path(args.out) if args.out else default_run_dir(config)
+    # A resume reads the data the run started with, unless told otherwise.
+    data_root = run_data_root(run_dir, args.data_root) if args.resume else resolve_data_root(args.data_root)
     try:
         summary = train_run(
             config,
             run_dir=run_dir,
-            data_root=resolve_data_root(args.data_root),
+            data_root=data_root,
             resume=args.resume,
             overwrite=args.overwrite,
         )

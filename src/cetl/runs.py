@@ -17,6 +17,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -40,7 +41,7 @@ from cetl.build import (
 from cetl.config import ExperimentConfig, dump_yaml, merge, to_dict
 from cetl.data.digits import PROTOCOLS
 from cetl.data.natural import protocol_num_classes
-from cetl.data.root import DataRoot, resolve_data_root, sample_root
+from cetl.data.root import ENV_VAR, DataRoot, resolve_data_root, sample_root
 from cetl.engine import distributed
 from cetl.engine.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint
 from cetl.engine.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, accuracy, resolve_device, train
@@ -57,7 +58,17 @@ def default_run_dir(config: ExperimentConfig) -> Path:
     return Path("runs") / config.experiment / config.profile / config.method.name / f"seed{config.seed}"
 
 
-RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, "metrics.jsonl", LAST_CHECKPOINT, BEST_CHECKPOINT, "eval.json")
+DATA_ROOT_FILE = "data_root.json"
+"""The data root a run read (``path``, ``origin``), written when it starts."""
+RUN_FILES = (
+    CONFIG_FILE,
+    SUMMARY_FILE,
+    "metrics.jsonl",
+    LAST_CHECKPOINT,
+    BEST_CHECKPOINT,
+    "eval.json",
+    DATA_ROOT_FILE,
+)
 """Files a run and its follow-ups write into its folder (``--overwrite`` removes them, with
 ``tensorboard/`` and exported models)."""
 
@@ -264,6 +275,8 @@ def train_run(
     if world.is_main:  # only now: a data or network error leaves no half-made run folder behind
         run_dir.mkdir(parents=True, exist_ok=True)
         atomic_write_text(run_dir / CONFIG_FILE, dump_yaml(config))
+        # Where the data was read, for --resume, eval and export in a shell without the variable.
+        atomic_write_json(run_dir / DATA_ROOT_FILE, {"path": str(data_root.path), "origin": data_root.origin})
     result = train(
         method,
         data,
@@ -362,12 +375,22 @@ def read_summary(run_dir: Path) -> dict[str, Any] | None:
 
 
 def run_data_root(run_dir: Path, explicit: str | None) -> DataRoot:
-    """The data root to re-read a run with: explicit, else the sample if it trained on it."""
-    summary = read_summary(run_dir)
-    trained_on_sample = summary is not None and summary.get("data_root_origin") == "sample"
-    if explicit is None and trained_on_sample:
+    """The data root to resume or re-read a run with: ``explicit`` (``--data-root``), else
+    ``$CETL_DATA_ROOT``, else the root the run recorded when it started (so a resume hint works
+    in a new shell), else the download cache."""
+    if explicit or os.environ.get(ENV_VAR):
+        return resolve_data_root(explicit)
+    recorded = run_dir / DATA_ROOT_FILE
+    if recorded.is_file():
+        saved = json.loads(recorded.read_text(encoding="utf-8"))
+        if saved.get("origin") == "sample":
+            return sample_root()
+        if saved.get("origin") != "cache":
+            return DataRoot(Path(saved["path"]), "run", download=False)
+    summary = read_summary(run_dir)  # runs from before data_root.json
+    if summary is not None and summary.get("data_root_origin") == "sample":
         return sample_root()
-    return resolve_data_root(explicit)
+    return resolve_data_root(None)
 
 
 def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, nn.Module, DataInfo]:

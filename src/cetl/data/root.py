@@ -27,7 +27,8 @@ class DataRoot:
 
     Attributes:
         path: folder in torchvision's on-disk layout (``MNIST/raw``, ``USPS/``, ...).
-        origin: how it was chosen: ``option``, ``env``, ``cache`` or ``sample``.
+        origin: how it was chosen: ``option``, ``env``, ``cache``, ``sample``, or ``run`` (the
+            root a run recorded, reused to resume or re-read it).
         download: whether missing datasets may be downloaded into ``path``.
     """
 
@@ -42,6 +43,7 @@ class DataRoot:
             "env": f"{self.path} (from ${ENV_VAR})",
             "cache": f"{self.path} (download cache)",
             "sample": "the small real digit sample bundled with cetl",
+            "run": f"{self.path} (recorded by the run)",
         }[self.origin]
 
 

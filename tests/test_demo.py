@@ -1,6 +1,9 @@
 """The demo offline: bundled sample, S and three methods at 10 labels per class, report, reuse."""
 
+import pytest
+
 from cetl.demo import DEMO_TABLE, demo_data_root, run_demo
+from cetl.errors import RunError
 from cetl.reproduce import get_table
 
 
@@ -29,3 +32,12 @@ def test_demo_runs_offline_on_the_sample_and_writes_a_report(tmp_path, capsys):
     assert "| cetl | " in printed and "report: " in printed
     run_demo(tmp_path, profile="smoke")  # a second call reuses the finished runs
     assert capsys.readouterr().out.count("(reused)") == 4
+
+
+@pytest.mark.needs_data
+def test_runs_trained_on_the_sample_are_not_reused_for_real_data(tmp_path, monkeypatch, data_root):
+    with monkeypatch.context() as offline:
+        offline.delenv("CETL_DATA_ROOT")
+        run_demo(tmp_path, profile="smoke")  # the bundled sample
+    with pytest.raises(RunError, match="was trained on the bundled sample, and this call reads"):
+        run_demo(tmp_path, data_root=str(data_root.path), profile="smoke")

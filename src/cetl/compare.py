@@ -38,7 +38,7 @@ from cetl.report.collect import Run
 from cetl.report.regret import regret_markdown
 from cetl.report.render import format_ratio
 from cetl.report.tables import format_duration, plot_balance_and_stages, sample_std
-from cetl.runs import LAST_CHECKPOINT, config_differences, read_config, read_summary, train_run
+from cetl.runs import LAST_CHECKPOINT, config_differences, data_mismatch, read_config, read_summary, train_run
 
 ORACLE_METHODS = frozenset({"target_only"})
 """Methods that read target labels: in domain adaptation an upper bound, never a result."""
@@ -133,13 +133,23 @@ def cell_config(
     return config
 
 
-def finished_cell(run_dir: Path, config: ExperimentConfig) -> dict[str, Any] | None:
-    """The summary of a cell finished with ``config``, ``None`` while unfinished.
+def finished_cell(
+    run_dir: Path, config: ExperimentConfig, data_root: DataRoot | None = None
+) -> dict[str, Any] | None:
+    """The summary of a cell finished with ``config`` (on the data ``data_root`` holds, when
+    given), ``None`` while unfinished.
 
     Raises:
-        RunError: the cell finished with another config (never silently reused).
+        RunError: the cell finished with another config or on other data (never silently reused).
     """
     finished = read_summary(run_dir)
+    if finished is not None and data_root is not None:
+        why = data_mismatch(finished, data_root)
+        if why:
+            raise RunError(
+                f"the finished cell '{run_dir}' does not fit this call's data: {why}; use another --out, "
+                f"or move the cell away"
+            )
     if finished is not None:
         # Compared through the schema: fields added since the cell ran take their defaults.
         differences = config_differences(to_dict(read_config(run_dir)), to_dict(config))
@@ -169,7 +179,7 @@ def run_cell(
     """
     run_dir = cell_dir(out, experiment, profile, folder or method, seed)
     config = cell_config(experiment, method, seed, profile=profile, sets=sets, out=out)
-    finished = finished_cell(run_dir, config)
+    finished = finished_cell(run_dir, config, data_root)
     if finished is not None:
         return finished
     return train_run(

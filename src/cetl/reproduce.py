@@ -166,10 +166,11 @@ def blocker(config: ExperimentConfig, data_root: DataRoot) -> str | None:
     return _missing_weights(config)
 
 
-def _conflict(run_dir: Path, config: ExperimentConfig) -> str | None:
-    """Why a cell's folder cannot be reused or resumed with ``config`` (another config ran there)."""
+def _conflict(run_dir: Path, config: ExperimentConfig, data_root: DataRoot) -> str | None:
+    """Why a cell's folder cannot be reused or resumed with ``config`` on ``data_root`` (another
+    config, or other data, ran there)."""
     try:
-        finished_cell(run_dir, config)
+        finished_cell(run_dir, config, data_root)
     except RunError as error:
         return str(error)
     if read_summary(run_dir) is None and (run_dir / CONFIG_FILE).exists():
@@ -234,7 +235,11 @@ def _cell_run(
 
 
 def _task(cell: Cell, seed: int, run_dir: Path, config: ExperimentConfig, data_root: DataRoot) -> Task:
-    conflict = _conflict(run_dir, config) if cell.method != TEACHER else _teacher_conflict(config, data_root)
+    conflict = (
+        _conflict(run_dir, config, data_root)
+        if cell.method != TEACHER
+        else _teacher_conflict(config, data_root)
+    )
     if conflict:
         return Task(cell, seed, run_dir, config, "conflict", f"conflict: {conflict}")
     if read_summary(run_dir) is not None:

@@ -39,13 +39,14 @@ from cetl.build import (
     uses_source,
 )
 from cetl.config import ExperimentConfig, dump_yaml, merge, to_dict
+from cetl.data.datasets import dataset_variant
 from cetl.data.digits import PROTOCOLS
 from cetl.data.natural import protocol_num_classes
 from cetl.data.root import ENV_VAR, DataRoot, resolve_data_root, sample_root
 from cetl.engine import distributed
 from cetl.engine.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint
 from cetl.engine.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, accuracy, resolve_device, train
-from cetl.errors import ConfigError, RunError
+from cetl.errors import CetlError, ConfigError, RunError
 from cetl.experiments import EXPERIMENTS
 from cetl.methods import METHODS
 
@@ -197,6 +198,26 @@ def source_run_dir(config: ExperimentConfig, expected: ExperimentConfig) -> Path
     return path
 
 
+def data_mismatch(summary: dict[str, Any], data_root: DataRoot) -> str | None:
+    """Why a finished run's data is not what ``data_root`` holds, or ``None``: the bundled
+    sample against a data folder, or a full set against a subset. Reusing such a run would
+    report numbers of other data under this call's name (a config alone does not say)."""
+    ran_on_sample = summary.get("data_root_origin") == "sample"
+    if ran_on_sample != (data_root.origin == "sample"):
+        was = "the bundled sample" if ran_on_sample else str(summary.get("data_root", "a data folder"))
+        return f"it was trained on {was}, and this call reads {data_root.describe()}"
+    if ran_on_sample:
+        return None
+    for name, variant in summary.get("data_variants", {}).items():
+        try:
+            now = dataset_variant(name, data_root)
+        except CetlError:  # absent here: the data layer says so, clearly, if the run needs it
+            continue
+        if now != variant:
+            return f"it read the {variant} {name}, and {data_root.describe()} holds the {now} one"
+    return None
+
+
 def ensure_source_run(config: ExperimentConfig, *, data_root: DataRoot) -> Path:
     """The finished run folder of S, training it first when it does not exist yet."""
     if config.source.kind == "run":
@@ -224,6 +245,9 @@ def ensure_source_run(config: ExperimentConfig, *, data_root: DataRoot) -> Path:
                 f"the source run '{path}' was trained with another config than S needs "
                 f"(changed: {', '.join(differences)}); move it away, or point source.path elsewhere"
             )
+        why = data_mismatch(read_summary(path) or {}, data_root)
+        if why:
+            raise RunError(f"the source run '{path}' does not fit this call's data: {why}; move it away")
         return path
     resume = (path / LAST_CHECKPOINT).exists()
     if distributed.current().is_main:

@@ -100,6 +100,12 @@ def test_compare_runs_cells_shares_s_and_resumes(tmp_path, capsys, data_root):
     # A finished cell is never silently reused for a different config.
     assert main([*argv, "--set", "train.rounds=3"]) == 1
     assert "was trained with another config (changed: train.rounds (2 → 3))" in capsys.readouterr().err
+    # A runs folder moved elsewhere is reused from its new place (S found by its place in it).
+    moved = tmp_path / "elsewhere" / "runs"
+    moved.parent.mkdir()
+    out.rename(moved)
+    assert main([a if a != str(out) else str(moved) for a in argv]) == 0
+    assert capsys.readouterr().err.count("(reused)") == 4
 
 
 def test_compare_rejects_an_unknown_method_with_exit_2(capsys):

@@ -133,6 +133,25 @@ def cell_config(
     return config
 
 
+CELL_PATH_PARTS = 4
+"""``<experiment>/<profile>/<method>/seed<N>``: how much of a cell's S path names it within ``out``."""
+
+
+def cell_differences(saved: ExperimentConfig, wanted: ExperimentConfig) -> list[str]:
+    """:func:`config_differences` of two cell configs, with S's folder compared by its place in
+    the comparison (its last :data:`CELL_PATH_PARTS` parts), not by where ``out`` lives: a
+    runs folder moved or copied elsewhere is reused from its new place."""
+
+    def placed(config: ExperimentConfig) -> dict[str, Any]:
+        values = to_dict(config)
+        path = values.get("source", {}).get("path")
+        if path:
+            values["source"]["path"] = "/".join(Path(path).parts[-CELL_PATH_PARTS:])
+        return values
+
+    return config_differences(placed(saved), placed(wanted))
+
+
 def finished_cell(
     run_dir: Path, config: ExperimentConfig, data_root: DataRoot | None = None
 ) -> dict[str, Any] | None:
@@ -152,7 +171,7 @@ def finished_cell(
             )
     if finished is not None:
         # Compared through the schema: fields added since the cell ran take their defaults.
-        differences = config_differences(to_dict(read_config(run_dir)), to_dict(config))
+        differences = cell_differences(read_config(run_dir), config)
         if differences:
             raise RunError(
                 f"the finished cell '{run_dir}' was trained with another config (changed: "

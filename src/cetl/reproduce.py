@@ -29,8 +29,8 @@ from pathlib import Path
 from typing import Any
 
 from cetl.build import uses_source
-from cetl.compare import cell_config, cell_dir, finished_cell, format_eta, run_cell
-from cetl.config import ExperimentConfig, to_dict
+from cetl.compare import cell_config, cell_differences, cell_dir, finished_cell, format_eta, run_cell
+from cetl.config import ExperimentConfig
 from cetl.data.datasets import find_spec, is_custom
 from cetl.data.root import ENV_VAR, DataRoot
 from cetl.engine.checkpoint import atomic_write_json
@@ -51,7 +51,6 @@ from cetl.report.tables import (
 from cetl.runs import (
     CONFIG_FILE,
     LAST_CHECKPOINT,
-    config_differences,
     ensure_source_run,
     read_config,
     read_summary,
@@ -174,7 +173,7 @@ def _conflict(run_dir: Path, config: ExperimentConfig, data_root: DataRoot) -> s
     except RunError as error:
         return str(error)
     if read_summary(run_dir) is None and (run_dir / CONFIG_FILE).exists():
-        differences = config_differences(to_dict(read_config(run_dir)), to_dict(config))
+        differences = cell_differences(read_config(run_dir), config)
         if differences:
             changed = ", ".join(differences)
             return f"the unfinished cell '{run_dir}' was started with another config (changed: {changed})"

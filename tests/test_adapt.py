@@ -22,7 +22,7 @@ from cetl.adapt import Result, adapt_config, source_config, target_dataset
 from cetl.cli import main
 from cetl.data.datasets import load_raw
 from cetl.data.root import sample_root
-from cetl.engine.checkpoint import load_checkpoint
+from cetl.engine.checkpoint import FILE_MODE, load_checkpoint
 from cetl.errors import ConfigError, DataError, RunError
 from cetl.runs import read_config
 
@@ -71,6 +71,8 @@ def test_target_only_run_writes_summary_and_both_target_net_files(source_run: Re
     summary = json.loads((run / "summary.json").read_text())
     assert summary == source_run.metrics
     assert summary["target_net_files"] == ["target_net.pt", "target_net.onnx"]
+    for name in ("target_net.onnx", "target_net.pt", "summary.json"):  # one file mode for every output
+        assert (run / name).stat().st_mode & 0o777 == FILE_MODE
     assert summary["data_sizes"]["target_test"] == 10 * TEST_PER_CLASS
     # The ImageFolder's unlabelled/ images join its training images in the unlabelled stream.
     assert summary["data_sizes"]["target_unlabelled"] == 10 * TRAIN_PER_CLASS + 6
@@ -151,6 +153,8 @@ def test_the_cli_calls_the_api_function(monkeypatch, usps_folder: Path, tmp_path
     assert code == 2
     assert seen["args"] == ("x.onnx", str(usps_folder)) and seen["sets"] == ["a.b=1"]
     assert seen["method"] == "cetl" and seen["target_net"] == "auto" and seen["profile"] == "quick"
+    main(["adapt", "--source", "x.onnx", "--target-data", str(usps_folder), "--data-root", "/data"])
+    assert seen["data_root"] == "/data"
 
 
 def test_source_forms_resolve_to_source_kinds(source_run: Result, tmp_path: Path):
@@ -310,6 +314,7 @@ def test_adapt_trains_baselines_beside_its_run_and_reuses_them(
     printed = capsys.readouterr().out
     assert "| cetl_e (this run) |" in printed and "| target_only |" in printed and "| fine_tune |" in printed
     assert "training baseline fine_tune" in printed
+    assert "validation holds 2 images, so its accuracy moves by 50.0 points per image" in printed
     summary = json.loads((tmp_path / "first" / "summary.json").read_text())
     baselines = summary["baselines"]
     assert set(baselines) == {"target_only", "fine_tune"}

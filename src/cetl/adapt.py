@@ -32,7 +32,6 @@ from __future__ import annotations
 import contextlib
 import io
 import os
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -53,6 +52,8 @@ COLOUR_NETWORK = "ci_cnn"
 RUN_PROTOCOLS = {"drcn": "drcn", "adda": "adda", "cifar": "cifar", "cifar10s": "cifar", "stl_cifar": "cifar"}
 """A run source's protocol → the target's: the same image size and colour, without class lists
 (the user's classes are their own)."""
+SMALL_VALIDATION = 100
+"""Fewer validation images than this get a note: one image is more than a point of accuracy."""
 DEFAULT_BASELINES = ("target_only",)
 """Trained beside every ``cetl adapt`` run: T2 on the labels alone, the bar borrowing must clear."""
 SOURCE_FORMS = (
@@ -152,7 +153,14 @@ def adapt(
         data_root=root,
     )
     run_dir = Path(out) if out is not None else default_adapt_dir(config)
-    train_run(config, run_dir=run_dir, data_root=root, resume=resume, overwrite=overwrite)
+    summary = train_run(config, run_dir=run_dir, data_root=root, resume=resume, overwrite=overwrite)
+    held_out = summary["data_sizes"].get("labelled_val", 0)
+    if 0 < held_out < SMALL_VALIDATION:
+        print(
+            f"cetl: note: validation holds {held_out} images, so its accuracy moves by "
+            f"{100 / held_out:.1f} points per image: read it (and any round chosen on it) as rough "
+            f"(add a val/ split, or more labels)"
+        )
     metrics, net = _export_target_net(run_dir)
     compared = {}
     for baseline in dict.fromkeys(b for b in baselines if b != method):
@@ -450,17 +458,12 @@ def _export_target_net(run_dir: Path) -> tuple[dict[str, Any], nn.Module]:
     _, net, _ = load_target_net(run_dir)
     save_checkpoint(run_dir / TARGET_NET_STATE, dict(net.state_dict()))
     files = [TARGET_NET_STATE]
-    handle, temporary = tempfile.mkstemp(prefix=f".{TARGET_NET_ONNX}.", suffix=".onnx", dir=run_dir)
-    os.close(handle)
     try:
         with contextlib.redirect_stdout(io.StringIO()):  # the exporter's progress lines
-            export_run(run_dir, fmt="onnx", output=Path(temporary))
-        os.replace(temporary, run_dir / TARGET_NET_ONNX)
+            export_run(run_dir, fmt="onnx", output=run_dir / TARGET_NET_ONNX)  # written atomically
         files.append(TARGET_NET_ONNX)
     except CetlError as error:  # the onnx extra is missing: the run and the state dict stand
         print(f"cetl: note: {TARGET_NET_ONNX} not written: {error}")
-    finally:
-        Path(temporary).unlink(missing_ok=True)
     summary = read_summary(run_dir) or {}
     summary["target_net_files"] = files
     atomic_write_json(run_dir / SUMMARY_FILE, summary)

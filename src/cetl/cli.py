@@ -186,6 +186,10 @@ def _adapt_parser(commands: argparse._SubParsersAction) -> None:
     )
     adapt.add_argument("--out", help="run folder (default: runs/adapt/DATA/PROFILE/METHOD/seedN)")
     adapt.add_argument(
+        "--data-root",
+        help="dataset folder for registered datasets a source or target names (default: as for train)",
+    )
+    adapt.add_argument(
         "--baselines",
         default="target_only",
         help="methods trained beside --method on the same labels and seed, for a paired table "
@@ -444,6 +448,7 @@ def _adapt(args: argparse.Namespace) -> int:
             labels_per_class=args.labels_per_class,
             sets=args.sets,
             out=args.out,
+            data_root=args.data_root,
             resume=args.resume,
             overwrite=args.overwrite,
             baselines=parse_baselines(args.baselines),

@@ -14,6 +14,7 @@ from torch import Tensor
 from cetl.config import ExperimentConfig
 from cetl.data.datasets import RawSplit
 from cetl.data.digits import PROTOCOLS, to_protocol
+from cetl.engine.checkpoint import atomic_output
 from cetl.errors import CetlError
 from cetl.runs import load_target_net
 
@@ -52,29 +53,31 @@ def export_run(run_dir: Path, *, fmt: str, output: Path | None = None) -> Path:
     """Export T2 with a dynamic batch dimension: ONNX, or a ``torch.export`` program (.pt2).
 
     The exported model takes ``(N, C, H, W)`` floats in [0,1] at the protocol's size and
-    returns logits ``(N, K)``.
+    returns logits ``(N, K)``. The file is written atomically: an export that fails leaves the
+    previous file (or none), never half of one.
     """
     _, net, info = load_target_net(run_dir)
     example = torch.rand(2, info.channels, info.image_size, info.image_size)
     batch = torch.export.Dim("batch", min=1)
-    if fmt == "pt":
-        path = output or run_dir / "model.pt2"
-        program = torch.export.export(net, (example,), dynamic_shapes={"x": {0: batch}})
-        torch.export.save(program, str(path))
-        return path
-    path = output or run_dir / "model.onnx"
-    try:
-        import onnxscript  # noqa: F401  (the exporter needs it; fail with our message, not torch's)
-    except ImportError:
-        raise CetlError("ONNX export needs the onnx extra: pip install 'cetl[onnx]'") from None
-    torch.onnx.export(
-        net,
-        (example,),
-        str(path),
-        input_names=["images"],
-        output_names=["logits"],
-        dynamic_shapes={"x": {0: batch}},
-        dynamo=True,
-        external_data=False,
-    )
+    path = output or run_dir / ("model.pt2" if fmt == "pt" else "model.onnx")
+    if fmt != "pt":
+        try:
+            import onnxscript  # noqa: F401  (the exporter needs it; fail with our message, not torch's)
+        except ImportError:
+            raise CetlError("ONNX export needs the onnx extra: pip install 'cetl[onnx]'") from None
+    with atomic_output(path, suffix=path.suffix) as temporary:
+        if fmt == "pt":
+            program = torch.export.export(net, (example,), dynamic_shapes={"x": {0: batch}})
+            torch.export.save(program, str(temporary))
+        else:
+            torch.onnx.export(
+                net,
+                (example,),
+                str(temporary),
+                input_names=["images"],
+                output_names=["logits"],
+                dynamic_shapes={"x": {0: batch}},
+                dynamo=True,
+                external_data=False,
+            )
     return path

@@ -15,6 +15,7 @@ import io
 import json
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -47,6 +48,22 @@ def atomic_write_bytes(path: Path, data: bytes) -> None:
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+    _fsync_folder(path.parent)
+
+
+@contextlib.contextmanager
+def atomic_output(path: Path, *, suffix: str = "") -> Iterator[Path]:
+    """A temporary path beside ``path`` for a writer that wants a file name (an exporter); on
+    success it replaces ``path`` with the usual file mode, on any error it is removed."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(prefix=f".{path.name}.", suffix=suffix, dir=path.parent)
+    os.close(handle)
+    try:
+        yield Path(temporary)
+        os.chmod(temporary, FILE_MODE)
+        os.replace(temporary, path)
+    finally:
+        Path(temporary).unlink(missing_ok=True)
     _fsync_folder(path.parent)
 
 

@@ -17,6 +17,15 @@ def test_list_prints_each_registry(capsys):
     out = capsys.readouterr().out
     for what in ("experiments:", "methods:", "networks:", "datasets:", "sources:", "tables:"):
         assert what in out
+    assert main(["list", "experiments"]) == 0
+    described = capsys.readouterr().out
+    assert any(
+        line.startswith("digits_mn_to_us ") and "MNIST (labelled) → USPS" in line
+        for line in described.splitlines()
+    )
+    assert all(len(line.split(maxsplit=1)) == 2 for line in described.splitlines())  # every one described
+    assert main(["list", "sources"]) == 0
+    assert "onnx FILE.onnx" in capsys.readouterr().out
 
 
 def test_show_config_prints_loadable_resolved_yaml(capsys):
@@ -169,7 +178,7 @@ def test_eval_of_a_folder_that_is_not_a_run_is_a_clear_error(capsys, tmp_path):
 
 def test_python_dash_m_entry_point_runs():
     result = subprocess.run(
-        [sys.executable, "-m", "cetl", "list", "experiments"],
+        [sys.executable, "-m", "cetl", "list", "experiments", "--names"],
         capture_output=True,
         text=True,
         check=False,

@@ -113,6 +113,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     listing = commands.add_parser("list", help="list registered names")
     listing.add_argument("what", nargs="?", choices=LISTABLE, help="what to list (default: all)")
+    listing.add_argument(
+        "--names", action="store_true", help="bare names, one per line (for scripts), without descriptions"
+    )
 
     data = commands.add_parser("data", help="dataset tools")
     data_commands = data.add_subparsers(dest="data_command", required=True, metavar="COMMAND")
@@ -372,22 +375,30 @@ def _list(args: argparse.Namespace) -> int:
     from cetl.experiments.paper import TABLES
     from cetl.methods import METHODS
     from cetl.networks import NETWORKS
+    from cetl.source.adapters import source_kinds
 
-    # Sources arrive later; listing them empty keeps the command's contract stable for scripts.
-    registries = {
-        "experiments": EXPERIMENTS.names(),
-        "methods": METHODS.names(),
-        "networks": NETWORKS.names(),
-        "datasets": DATASETS.names(),
-        "sources": [],
-        "tables": [*TABLES, *STUDIES],
+    described = {
+        "experiments": {name: _first_line(EXPERIMENTS.get(name).__doc__) for name in EXPERIMENTS.names()},
+        "methods": dict.fromkeys(METHODS.names(), ""),
+        "networks": dict.fromkeys(NETWORKS.names(), ""),
+        "datasets": dict.fromkeys(DATASETS.names(), ""),
+        "sources": source_kinds(),
+        "tables": {name: table.title for name, table in {**TABLES, **STUDIES}.items()},
     }
     for what in [args.what] if args.what else LISTABLE:
-        if args.what:
-            print("\n".join(registries[what]) if registries[what] else f"(no {what} yet)")
+        entries = described[what]
+        if not args.what:
+            print(f"{what}: {', '.join(entries)}")
+        elif args.names or not any(entries.values()):
+            print("\n".join(entries))
         else:
-            print(f"{what}: {', '.join(registries[what]) or '(none yet)'}")
+            width = max(map(len, entries))
+            print("\n".join(f"{name:<{width}}  {text}".rstrip() for name, text in entries.items()))
     return 0
+
+
+def _first_line(doc: str | None) -> str:
+    return (doc or "").strip().split("\n", 1)[0]
 
 
 def _data(args: argparse.Namespace) -> int:

@@ -77,10 +77,14 @@ def _experiment(source: str, target: str, per_class: int | None) -> tuple[str, E
     def experiment(profile: str) -> ExperimentConfig:
         return label_efficiency_experiment(name, source, target, per_class, profile)
 
-    count = "every" if per_class is None else str(per_class)
+    count = (
+        "all its labels"
+        if per_class is None
+        else f"{per_class} label{'s' if per_class > 1 else ''} per class"
+    )
     experiment.__doc__ = (
-        f"{target.upper()} with {count} labelled training image(s) per class, S = the {source.upper()} "
-        f"LeNet (source_only of digits_{short_source}_to_{short_target}); last round, nothing held out."
+        f"{target.upper()} with {count}, S = the {source.upper()} LeNet (source_only of "
+        f"digits_{short_source}_to_{short_target}); last round, nothing held out."
     )
     return name, experiment
 

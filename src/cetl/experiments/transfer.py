@@ -144,19 +144,32 @@ def pretrain_experiment(
 
 def _transfer(source: str, target: str) -> tuple[str, ExperimentFn]:
     name = f"tl_{source}_to_{target}"
-    return name, lambda profile: transfer_experiment(name, source, target, profile)
+
+    def experiment(profile: str) -> ExperimentConfig:
+        return transfer_experiment(name, source, target, profile)
+
+    what = IMAGENET_SOURCES.get(source, f"the project's {source} run")
+    experiment.__doc__ = f"S = {what} (frozen) → CI-CNN on {target} with its labels (Tables 2–3)."
+    return name, experiment
 
 
 EXPERIMENTS: dict[str, ExperimentFn] = dict(
     [_transfer(source, target) for source in (*IMAGENET_SOURCES, "cicnn_cifar100") for target in TARGETS]
     + [_transfer("cicnn_mnist", "cifar10s")]
 )
-EXPERIMENTS["pretrain_cicnn_cifar100"] = lambda profile: pretrain_experiment(
-    "pretrain_cicnn_cifar100", "cifar100", profile, quick_limit=None
-)
-EXPERIMENTS["pretrain_cicnn_mnist"] = lambda profile: pretrain_experiment(
-    "pretrain_cicnn_mnist", "mnist", profile, quick_limit=10_000
-)
+
+
+def _pretrain(dataset: str, quick_limit: int | None) -> tuple[str, ExperimentFn]:
+    name = f"pretrain_cicnn_{dataset}"
+
+    def experiment(profile: str) -> ExperimentConfig:
+        return pretrain_experiment(name, dataset, profile, quick_limit=quick_limit)
+
+    experiment.__doc__ = f"S for the cicnn_{dataset} sources: CI-CNN trained on {dataset} (source_only)."
+    return name, experiment
+
+
+EXPERIMENTS.update([_pretrain("cifar100", None), _pretrain("mnist", 10_000)])
 
 TABLE3 = paper_numbers(TABLES["table3"])
 """The CETL paper's Table 3 (test accuracy in %), keyed by (method, experiment), from

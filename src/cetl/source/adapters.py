@@ -209,3 +209,25 @@ def source_from_callable(
     return FrozenSource(
         model, extract=logits_extractor, input_transform=input_transform, description=f"callable {name}"
     )
+
+
+def source_kinds() -> dict[str, str]:
+    """What ``cetl list sources`` shows: each way to name S, then every torchvision
+    ``NAME:WEIGHTS`` whose file is already in the torch hub cache (usable offline)."""
+    import torchvision.models as models
+
+    kinds = {
+        "run RUN_DIR": "a run of this project (its selected T2)",
+        "onnx FILE.onnx": "any framework's network exported to ONNX (forward only)",
+        "torchvision NAME[:WEIGHTS]": "e.g. resnet50:IMAGENET1K_V1 (downloads weights unless cached)",
+        "timm NAME": "e.g. resnet18.a1_in1k (pip install 'cetl[timm]'; downloads unless cached)",
+    }
+    for name in models.list_models(module=models):
+        try:
+            enum = models.get_model_weights(name)
+        except (ValueError, KeyError):
+            continue
+        for weights in enum:
+            if hub_weights_file(weights).is_file():
+                kinds[f"torchvision {name}:{weights.name}"] = "in the torch hub cache: usable offline"
+    return kinds

@@ -149,3 +149,18 @@ def test_few_label_variant_adds_target_labels_to_the_source_data(tmp_path, data_
     )
     assert len(data.labelled) == len(plain.labelled) + 100
     assert len(data.labelled_val) == len(plain.labelled_val)  # validation stays source-only
+
+
+@pytest.mark.needs_data
+def test_only_rank_0_writes_the_tables(tmp_path, monkeypatch, data_root):
+    import types
+
+    from cetl import compare as compare_module
+
+    out = tmp_path / "runs"
+    args = dict(profile="smoke", out=out, data_root=data_root, log=lambda line: None)
+    folder = compare_module.compare("digits_mn_to_us", ["source_only"], [0], **args)
+    (folder / "compare.md").unlink()
+    monkeypatch.setattr(compare_module.distributed, "current", lambda: types.SimpleNamespace(is_main=False))
+    compare_module.compare("digits_mn_to_us", ["source_only"], [0], only_finished=True, **args)
+    assert not (folder / "compare.md").exists()

@@ -28,6 +28,7 @@ from typing import Any
 from cetl.build import uses_source
 from cetl.config import ExperimentConfig, merge, to_dict
 from cetl.data.root import DataRoot
+from cetl.engine import distributed
 from cetl.engine.balance import INERT_RATIO
 from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
 from cetl.errors import ConfigError, RunError
@@ -406,7 +407,8 @@ def compare(
             f"[{number}/{len(cells)}] {experiment} {method} seed {seed}: "
             f"{100 * summary['target_test_accuracy']:.2f}% ({took}){eta_text}"
         )
-        _write(folder, experiment, profile, seeds, sets, summaries, reference)
+        if distributed.current().is_main:  # under torchrun every rank trains, rank 0 writes
+            _write(folder, experiment, profile, seeds, sets, summaries, reference)
     return folder
 
 

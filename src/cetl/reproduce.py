@@ -33,6 +33,7 @@ from cetl.compare import cell_config, cell_differences, cell_dir, finished_cell,
 from cetl.config import ExperimentConfig
 from cetl.data.datasets import find_spec, is_custom
 from cetl.data.root import ENV_VAR, DataRoot
+from cetl.engine import distributed
 from cetl.engine.checkpoint import atomic_write_json
 from cetl.errors import CetlError, ConfigError, RunError
 from cetl.experiments.label_efficiency import STUDIES
@@ -393,6 +394,8 @@ def _run(task: Task, *, profile: str, sets: Sequence[str], out: Path, data_root:
 
 
 def _write(folder: Path, manifest: dict[str, Any], table: Table, started: float) -> None:
+    if not distributed.current().is_main:  # under torchrun every rank trains, rank 0 writes
+        return
     manifest["elapsed_seconds"] = round(time.perf_counter() - started, 1)
     folder.mkdir(parents=True, exist_ok=True)
     atomic_write_json(folder / MANIFEST_FILE, manifest)

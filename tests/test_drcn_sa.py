@@ -86,7 +86,7 @@ def test_drcn_stages_weights_and_trained_networks():
 
 
 def test_drcn_reconstructs_the_clean_image_from_the_noisy_one():
-    method = make_method("drcn", sets=["method.input_noise=0.5"])
+    method = make_method("drcn", sets=["method.recipe=bare", "method.input_noise=0.5"])
     data = synthetic_training_data()
     batch = loop.Batch(x_tgt=data.target[:8], idx_tgt=torch.arange(8))
     method.train()
@@ -105,6 +105,26 @@ def test_drcn_reconstructs_the_clean_image_from_the_noisy_one():
         method._reconstruct_target(batch)["recon_target"],
         F.mse_loss(method.decoder(clean_tap), data.target[:8]),
     )
+
+
+def test_drcn_authors_recipe_augments_and_corrupts_without_dropout_and_uses_adam_3e4():
+    data = synthetic_training_data()
+    batch = loop.Batch(x_tgt=data.target[:8], idx_tgt=torch.arange(8))
+    authors = make_method("drcn", sets=["method.input_noise=0", "method.augment=false"])
+    bare = make_method("drcn", sets=["method.recipe=bare"])
+    authors.train()
+    bare.train()
+    # No dropout on the authors' reconstruction path: the same input gives the same loss twice.
+    first, second = (authors._reconstruct_target(batch)["recon_target"] for _ in range(2))
+    torch.testing.assert_close(first, second)
+    assert authors.target_net.training  # dropout is back on for classification
+    first, second = (bare._reconstruct_target(batch)["recon_target"] for _ in range(2))
+    assert not torch.equal(first, second)  # LeNet's dropout draws differently each time
+    defaults = make_method("drcn")
+    assert (defaults.input_noise, defaults.augment) == (0.5, True)
+    assert (bare.input_noise, bare.augment) == (0.0, False)
+    assert all(u.optimizer == {"name": "adam", "lr": 3e-4} for st in defaults.stages(0) for u in st.updates)
+    assert all(u.optimizer == {} for st in bare.stages(0) for u in st.updates)
 
 
 def test_drcn_trains_two_rounds_and_moves_both_networks(tmp_path):

@@ -160,3 +160,27 @@ def test_convergence_stops_when_stage_losses_settle(tmp_path):
     strict = TrainConfig(rounds=3, batch_size=16, tensorboard=False, progress=False, tol=1e-9, patience=1)
     _, result = run(tmp_path / "b", train=strict)
     assert result.rounds == 3
+
+
+def test_without_a_terminal_progress_prints_plain_lines_with_the_run_eta(capsys, monkeypatch, tmp_path):
+    from cetl.engine import logging as run_logging
+
+    clock = run_logging.RunClock(start_fraction=0.0)
+    steps = run_logging.progress(
+        range(3),
+        total=3,
+        description="round 1/2 classify",
+        enabled=True,
+        run_fraction=lambda step: step / 6,
+        clock=clock,
+        every=0.0,
+    )
+    assert list(steps) == [0, 1, 2]
+    lines = capsys.readouterr().err.splitlines()
+    assert lines[0].startswith("cetl: round 1/2 classify: step 1/3; run 17% done, ETA ")
+    assert lines[-1].startswith("cetl: round 1/2 classify: step 3/3; run 50% done, ETA ")
+    # In a real run the fraction reaches 100% at the last step of the last stage of the last round.
+    monkeypatch.setattr(run_logging, "PLAIN_EVERY", 0.0)
+    run(tmp_path, train=TrainConfig(rounds=2, batch_size=16, max_steps_per_epoch=2, tensorboard=False))
+    printed = [line for line in capsys.readouterr().err.splitlines() if line.startswith("cetl: round")]
+    assert printed[-1].startswith("cetl: round 2/2 classify: step 2/2; run 100% done, ETA 0m00s")

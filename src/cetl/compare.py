@@ -31,6 +31,7 @@ from cetl.data.root import DataRoot
 from cetl.engine import distributed
 from cetl.engine.balance import INERT_RATIO
 from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
+from cetl.engine.logging import format_eta
 from cetl.errors import ConfigError, RunError
 from cetl.experiments import resolve
 from cetl.experiments.paper import paper_accuracy
@@ -38,7 +39,7 @@ from cetl.methods import METHODS
 from cetl.report.collect import Run
 from cetl.report.regret import regret_markdown
 from cetl.report.render import format_ratio
-from cetl.report.tables import format_duration, plot_balance_and_stages, sample_std
+from cetl.report.tables import plot_balance_and_stages, sample_std
 from cetl.runs import LAST_CHECKPOINT, config_differences, data_mismatch, read_config, read_summary, train_run
 
 ORACLE_METHODS = frozenset({"target_only"})
@@ -354,11 +355,6 @@ def _write_plots(
 
 def _paragraphs(lines: Sequence[str]) -> str:
     return "".join(f"\n{line}\n" for line in lines)
-
-
-def format_eta(seconds: float) -> str:
-    """``3725`` → ``1h02m``, ``75`` → ``1m15s``; ``?`` while nothing has been timed."""
-    return format_duration(seconds) if math.isfinite(seconds) else "?"
 
 
 def compare(

@@ -11,7 +11,8 @@ from __future__ import annotations
 import json
 import math
 import sys
-from collections.abc import Iterable, Iterator
+import time
+from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -92,10 +93,86 @@ def _tensorboard_writer(directory: Path):
     return SummaryWriter(log_dir=str(directory))
 
 
-def progress(iterable: Iterable[T], *, total: int, description: str, enabled: bool) -> Iterator[T]:
-    """A tqdm bar on a terminal; a plain iterator otherwise (logs stay clean in CI)."""
-    if not enabled or not sys.stderr.isatty():
-        return iter(iterable)
-    from tqdm.auto import tqdm
+def format_duration(seconds: float) -> str:
+    """``11520`` → ``3h12m``, ``95`` → ``1m35s`` (whole seconds, rounded down)."""
+    minutes, secs = divmod(int(seconds), 60)
+    hours, minutes = divmod(minutes, 60)
+    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
-    return iter(tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True))
+
+def format_eta(seconds: float) -> str:
+    """``3725`` → ``1h02m``, ``75`` → ``1m15s``; ``?`` while nothing has been timed."""
+    return format_duration(seconds) if math.isfinite(seconds) else "?"
+
+
+class RunClock:
+    """The whole run's ETA from the fraction done, at this process's own pace (a resumed run
+    counts only what it trained itself)."""
+
+    def __init__(self, start_fraction: float) -> None:
+        self.started = time.perf_counter()
+        self.start_fraction = start_fraction
+
+    def eta(self, fraction: float) -> float:
+        done = fraction - self.start_fraction
+        if done <= 0:
+            return math.nan
+        return (time.perf_counter() - self.started) * (1 - fraction) / done
+
+
+PLAIN_EVERY = 60.0
+"""Seconds between plain progress lines when stderr is not a terminal (CI, nohup, a pipe)."""
+
+
+def progress(
+    iterable: Iterable[T],
+    *,
+    total: int,
+    description: str,
+    enabled: bool,
+    run_fraction: Callable[[int], float] | None = None,
+    clock: RunClock | None = None,
+    every: float | None = None,
+) -> Iterator[T]:
+    """Steps of one stage epoch, with progress: a tqdm bar on a terminal (the whole run's ETA
+    beside it), else a plain line on stderr every ``every`` seconds (default
+    :data:`PLAIN_EVERY`), so a long run without a terminal is never silent for minutes.
+    ``run_fraction(step)`` is the run's fraction done after ``step`` steps of this epoch; with
+    ``clock`` it gives the run's ETA."""
+    if not enabled:
+        return iter(iterable)
+    interval = PLAIN_EVERY if every is None else every
+
+    def run_eta(step: int) -> str:
+        if run_fraction is None or clock is None:
+            return ""
+        fraction = run_fraction(step)
+        return f"run {100 * fraction:.0f}% done, ETA {format_eta(clock.eta(fraction))}"
+
+    if sys.stderr.isatty():
+        from tqdm.auto import tqdm
+
+        def bar() -> Iterator[T]:
+            with tqdm(iterable, total=total, desc=description, leave=False, dynamic_ncols=True) as steps:
+                for step, item in enumerate(steps):
+                    if step % 20 == 0 and clock is not None:
+                        steps.set_postfix_str(run_eta(step), refresh=False)
+                    yield item
+
+        return bar()
+
+    def plain() -> Iterator[T]:
+        last = time.perf_counter()
+        for step, item in enumerate(iterable):
+            yield item
+            now = time.perf_counter()
+            if now - last >= interval:
+                where = run_eta(step + 1)
+                print(
+                    f"cetl: {description}: step {step + 1}/{total}" + (f"; {where}" if where else ""),
+                    file=sys.stderr,
+                    flush=True,
+                )
+                last = now
+
+    return plain()

@@ -39,7 +39,7 @@ from cetl.data.training import TrainingData
 from cetl.engine.balance import BalanceTracker, term_gradient_norms
 from cetl.engine.checkpoint import load_checkpoint, save_checkpoint
 from cetl.engine.distributed import SINGLE, World, current
-from cetl.engine.logging import MetricsLog, NullLog, progress
+from cetl.engine.logging import MetricsLog, NullLog, RunClock, progress
 from cetl.engine.nonfinite import NonFiniteWatch
 from cetl.engine.validators import applicable_rules, check_selection, selection_score, unsupervised_scores
 from cetl.errors import ConfigError, RunError
@@ -416,8 +416,9 @@ def train(
         state.stage_history.append(entry)
         log.write({"kind": "stage_eval", **entry, "step": state.global_step}, step=state.global_step)
 
-    def run_stage(stage: Stage, round_index: int) -> dict[str, Any]:
-        """All epochs of one stage; returns its ``kind: stage`` record (mean loss, seconds)."""
+    def run_stage(stage: Stage, round_index: int, position: int, stage_count: int) -> dict[str, Any]:
+        """All epochs of one stage (``position`` of the round's ``stage_count``); returns its
+        ``kind: stage`` record (mean loss, seconds)."""
         started_stage = time.perf_counter()
         updates = [engine_update(update) for update in stage.updates]
         loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
@@ -437,17 +438,25 @@ def train(
                 world=world,
             )
             description = f"round {round_index + 1}/{train_config.rounds} {stage.name}"
-            for position, batch in enumerate(
+
+            def run_fraction(step: int, epoch: int = epoch, count: int = count) -> float:
+                within = (position + (epoch + step / max(1, count)) / epochs) / stage_count
+                return (round_index + within) / train_config.rounds
+
+            for step_index, batch in enumerate(
                 progress(
                     batches,
                     total=count,
                     description=description,
                     enabled=train_config.progress and world.is_main,
+                    run_fraction=run_fraction,
+                    clock=clock,
                 )
             ):
                 terms: dict[str, Tensor] = {}
                 measure = balance_every is not None and (
-                    (stage_steps + 1) % balance_every == 0 or (epoch == epochs - 1 and position == count - 1)
+                    (stage_steps + 1) % balance_every == 0
+                    or (epoch == epochs - 1 and step_index == count - 1)
                 )
                 for update in updates:
                     update_terms = step_update(stage, update, batch, measure=measure, round_index=round_index)
@@ -489,6 +498,7 @@ def train(
         }
 
     started = time.perf_counter() - state.elapsed
+    clock = RunClock(start_fraction=state.rounds_done / train_config.rounds)
     try:
         for round_index in range(state.rounds_done, train_config.rounds):
             if train_config.tol is not None and state.calm_rounds >= train_config.patience:
@@ -503,7 +513,7 @@ def train(
                 break  # the method has nothing left to train (SA fits once, in round 0)
             stage_records = []
             for position, stage in enumerate(stages):
-                stage_records.append(run_stage(stage, round_index))
+                stage_records.append(run_stage(stage, round_index, position, len(stages)))
                 balance.end_stage(round_index, stage.name)
                 if train_config.eval_every_stage and position < len(stages) - 1:  # the last: the round's
                     stage_eval(round_index, stage.name, evaluate_accuracies())

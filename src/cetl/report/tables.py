@@ -22,6 +22,7 @@ from typing import Any
 
 from cetl.engine.balance import INERT_RATIO
 from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
+from cetl.engine.logging import format_duration
 from cetl.experiments.paper import Cell, Table
 from cetl.report.collect import Run, balance_records, stage_records
 from cetl.report.curve import curve_markdown, paired_markdown, plot_curve
@@ -163,13 +164,6 @@ def data_line(results: Sequence[TableResult]) -> str:
                 variants[name] = "subset" if "subset" in (variant, variants.get(name)) else variant
     described = ", ".join(f"{name} {variant}" for name, variant in sorted(variants.items()))
     return f"{'; '.join(roots)}: {described}" if described else "; ".join(roots)
-
-
-def format_duration(seconds: float) -> str:
-    """``11520`` → ``3h12m``, ``95`` → ``1m35s`` (whole seconds, rounded down)."""
-    minutes, secs = divmod(int(seconds), 60)
-    hours, minutes = divmod(minutes, 60)
-    return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
 def _measured_text(result: CellResult, seeds: int) -> str:

@@ -120,7 +120,8 @@ def test_data_check_covers_own_data_without_a_data_root(mnist_folder, tmp_path, 
         {"train": 100, "test": 50},
     ]
     table = format_check(results, NOWHERE).splitlines()
-    assert table[3].split() == [f"imagefolder:{root}", "ok", "200", "100", "unlabelled", "30"]
+    assert not any(line.startswith("data root:") for line in table)  # own data: no root involved
+    assert table[1].split() == [f"imagefolder:{root}", "ok", "200", "100", "unlabelled", "30"]
     assert main(["data", "check", f"imagefolder:{tmp_path / 'absent'}"]) == 1
     out = capsys.readouterr().out
     assert "MISSING" in out and f"image folder {tmp_path / 'absent'} does not exist" in out

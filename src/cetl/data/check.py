@@ -72,9 +72,11 @@ def _check_one(name: str, root: DataRoot) -> CheckResult:
 def format_check(results: list[CheckResult], root: DataRoot) -> str:
     """A table of results, then the note of each subset and the problem of each missing dataset."""
     width = max([10, *(len(result.name) for result in results)])
+    registered = [result.name for result in results if not is_custom(result.name)]
+    # The user's own data (imagefolder:/npz:) is read where it is named; the root is not involved.
+    header = [f"data root: {root.describe()}", ""] if registered else []
     lines = [
-        f"data root: {root.describe()}",
-        "",
+        *header,
         f"{'dataset':<{width}} {'status':<8} {'train':>7} {'test':>7}",
     ]
     for result in results:

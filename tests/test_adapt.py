@@ -74,6 +74,8 @@ def test_target_only_run_writes_summary_and_both_target_net_files(source_run: Re
     for name in ("target_net.onnx", "target_net.pt", "summary.json"):  # one file mode for every output
         assert (run / name).stat().st_mode & 0o777 == FILE_MODE
     assert summary["data_sizes"]["target_test"] == 10 * TEST_PER_CLASS
+    assert summary["data_root"].startswith("not read: the run's data is the user's own")
+    assert summary["target_dataset"] == f"imagefolder:{source_run.config.data.target.partition(':')[2]}"
     # The ImageFolder's unlabelled/ images join its training images in the unlabelled stream.
     assert summary["data_sizes"]["target_unlabelled"] == 10 * TRAIN_PER_CLASS + 6
     assert 0.0 <= source_run.accuracy <= 1.0

@@ -39,7 +39,7 @@ from cetl.build import (
     uses_source,
 )
 from cetl.config import ExperimentConfig, dump_yaml, merge, to_dict
-from cetl.data.datasets import dataset_variant
+from cetl.data.datasets import dataset_variant, is_custom
 from cetl.data.digits import PROTOCOLS
 from cetl.data.natural import protocol_num_classes
 from cetl.data.root import ENV_VAR, DataRoot, resolve_data_root, sample_root
@@ -337,7 +337,10 @@ def train_run(
         "network": config.network.name,
         "protocol": config.data.protocol,
         "transductive": config.data.transductive,
-        "data_root": data_root.describe(),
+        # The user's own data is read where it is named (``target_dataset``), not from a root.
+        "data_root": "not read: the run's data is the user's own (target_dataset)"
+        if is_custom(config.data.source) and is_custom(config.data.target)
+        else data_root.describe(),
         "data_root_origin": data_root.origin,
         "num_classes": info.num_classes,
         "data_sizes": info.sizes,

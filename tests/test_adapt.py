@@ -23,7 +23,7 @@ from cetl.cli import main
 from cetl.data.datasets import load_raw
 from cetl.data.root import sample_root
 from cetl.engine.checkpoint import FILE_MODE, load_checkpoint
-from cetl.errors import ConfigError, DataError, RunError
+from cetl.errors import ConfigError, RunError
 from cetl.runs import read_config
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 12, 4
@@ -229,12 +229,16 @@ def test_bad_target_data_is_named(tmp_path, capsys, make, message):
     assert re.search(message, capsys.readouterr().err)
 
 
-def test_a_target_without_test_split_is_refused(tmp_path: Path):
-    for i in range(2):
-        (tmp_path / "d" / "train" / f"c{i}").mkdir(parents=True)
-        Image.new("L", (8, 8)).save(tmp_path / "d" / "train" / f"c{i}" / "a.png")
-    with pytest.raises(DataError, match=r"has no test split, on which cetl adapt reports accuracy"):
-        adapt_config("resnet18:none", tmp_path / "d")
+def test_a_target_without_test_split_reports_validation_only(tmp_path: Path, capsys):
+    _write_digits(tmp_path / "d", "train", TRAIN_PER_CLASS, "train")
+    argv = ["adapt", "--target-data", str(tmp_path / "d"), "--method", "target_only", "--profile", "smoke"]
+    assert main([*argv, "--out", str(tmp_path / "run"), "--baselines", "none", *FAST]) == 0
+    printed = capsys.readouterr()
+    assert "validation accuracy" in printed.out and "(the data has no test split)" in printed.out
+    assert "has no test split: target test accuracy is not measured (null)" in printed.err
+    summary = json.loads((tmp_path / "run" / "summary.json").read_text())
+    assert summary["target_test_accuracy"] is None and summary["val_accuracy"] is not None
+    assert "oracle_target_test_accuracy" not in summary
 
 
 def test_run_folder_source_must_be_finished(tmp_path: Path):

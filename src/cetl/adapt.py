@@ -52,6 +52,7 @@ COLOUR_NETWORK = "ci_cnn"
 RUN_PROTOCOLS = {"drcn": "drcn", "adda": "adda", "cifar": "cifar", "cifar10s": "cifar", "stl_cifar": "cifar"}
 """A run source's protocol → the target's: the same image size and colour, without class lists
 (the user's classes are their own)."""
+_ACCURACY_KEY = {"test": "target_test_accuracy", "validation": "val_accuracy"}
 SMALL_VALIDATION = 100
 """Fewer validation images than this get a note: one image is more than a point of accuracy."""
 DEFAULT_BASELINES = ("target_only",)
@@ -82,8 +83,14 @@ class Result:
 
     @property
     def accuracy(self) -> float:
-        """Target test accuracy in [0, 1]."""
-        return float(self.metrics["target_test_accuracy"])
+        """Target test accuracy in [0, 1], or the validation accuracy where the data has no test
+        split (``measured_on`` says which)."""
+        return float(self.metrics[_ACCURACY_KEY[self.measured_on]])
+
+    @property
+    def measured_on(self) -> str:
+        """``test``, or ``validation`` for data without a test split."""
+        return "test" if self.metrics.get("target_test_accuracy") is not None else "validation"
 
 
 def adapt(
@@ -111,8 +118,8 @@ def adapt(
         source: S (see the module docstring for the forms); ``None`` only for methods that
             read no source (``target_only``).
         target_data: an ImageFolder (``train/<class>/``, optional ``val/``, ``test/``,
-            ``unlabelled/``) or an ``.npz`` file (``cetl.data.custom``); it needs a test split,
-            on which accuracy is reported.
+            ``unlabelled/``) or an ``.npz`` file (``cetl.data.custom``). Accuracy is reported on
+            its test split; without one, on validation only (``target_test_accuracy`` null).
         unlabelled_data: a folder of extra unlabelled target images (flat or in sub-folders).
         target_net: a ``cetl list networks`` name, or ``auto``.
         method: a ``cetl list methods`` name (``cetl``, ``cetl_e``, ``target_only``, ...).
@@ -198,6 +205,7 @@ def _baseline(
     config: ExperimentConfig, run_dir: Path, root: DataRoot, metrics: dict[str, Any]
 ) -> dict[str, Any]:
     """Train (or reuse, when it finished with this very config) one baseline; its record."""
+    key = "target_test_accuracy" if metrics.get("target_test_accuracy") is not None else "val_accuracy"
     from cetl.config import to_dict
     from cetl.runs import LAST_CHECKPOINT, config_differences, read_config, read_summary, train_run
 
@@ -212,7 +220,9 @@ def _baseline(
         )
     return {
         "target_test_accuracy": summary["target_test_accuracy"],
-        "difference": 100 * (metrics["target_test_accuracy"] - summary["target_test_accuracy"]),
+        "val_accuracy": summary["val_accuracy"],
+        "difference": 100 * (metrics[key] - summary[key]),
+        "measured_on": "test" if key == "target_test_accuracy" else "validation",
         "wall_seconds": summary["wall_seconds"],
         "run_dir": str(run_dir),
     }
@@ -250,12 +260,6 @@ def adapt_config(
     config = resolve(ADAPT_EXPERIMENT, method=method, profile=profile, seed=seed)
     dataset = target_dataset(target_data)
     spec = find_spec(dataset)
-    if "test" not in spec.splits:
-        raise DataError(
-            f"{spec.title} has no test split, on which cetl adapt reports accuracy; add "
-            f"{'PATH/test/<class>/ images' if dataset.startswith('imagefolder:') else 'x_test and y_test'} "
-            f"(e.g. move a fifth of each class's training images there)"
-        )
     source_section = source_config(source, tap=tap)
     protocol = _protocol(source_section, spec.channels)
     channels = 1 if protocol in ("drcn", "adda") else 3
@@ -304,14 +308,17 @@ def parse_baselines(text: str) -> tuple[str, ...]:
 
 
 def baseline_table(metrics: Mapping[str, Any]) -> str:
-    """The paired table ``cetl adapt`` prints: this run, then each baseline and its difference."""
+    """The paired table ``cetl adapt`` prints: this run, then each baseline and its difference,
+    on the target test split (on validation where the data has none)."""
+    key = "target_test_accuracy" if metrics.get("target_test_accuracy") is not None else "val_accuracy"
+    where = "target test" if key == "target_test_accuracy" else "validation (no test split)"
     lines = [
-        "| method | target test acc. (%) | this run minus it (points) | run folder |",
+        f"| method | {where} acc. (%) | this run minus it (points) | run folder |",
         "|---|---:|---:|---|",
-        f"| {metrics['method']} (this run) | {100 * metrics['target_test_accuracy']:.2f} | – | – |",
+        f"| {metrics['method']} (this run) | {100 * metrics[key]:.2f} | – | – |",
     ]
     for name, entry in metrics.get("baselines", {}).items():
-        accuracy, difference = 100 * entry["target_test_accuracy"], entry["difference"]
+        accuracy, difference = 100 * entry[key], entry["difference"]
         lines.append(f"| {name} | {accuracy:.2f} | {difference:+.2f} | {entry['run_dir']} |")
     return "\n".join(lines) + "\n"
 

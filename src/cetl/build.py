@@ -99,15 +99,23 @@ def build_training_data(
 
     source_train = train_split(config.source, config.source_train_limit)
     target_train = train_split(config.target, config.target_train_limit)
-    target_test = to_protocol(
-        seeded_subset(
-            load(config.target, "test"),
-            config.test_limit,
-            seed=config.split_seed,
-            name=f"{draw_name(config.target)}/test",
-        ),
-        protocol,
-    )
+    if "test" in find_spec(config.target).splits:
+        target_test = to_protocol(
+            seeded_subset(
+                load(config.target, "test"),
+                config.test_limit,
+                seed=config.split_seed,
+                name=f"{draw_name(config.target)}/test",
+            ),
+            protocol,
+        )
+    else:  # the user's own data may have none: nothing to report on but validation
+        size = (0, protocol.channels, protocol.image_size, protocol.image_size)
+        target_test = LabelledSet(torch.zeros(size), torch.zeros(0, dtype=torch.long))
+        notes.append(
+            f"{config.target} has no test split: target test accuracy is not measured (null); "
+            f"read the validation accuracy"
+        )
     few_target = label_draw = None
     if config.target_labels_per_class > 0:
         draw_seed = seed if config.labels_seed is None else config.labels_seed

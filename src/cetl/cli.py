@@ -470,10 +470,16 @@ def _adapt(args: argparse.Namespace) -> int:
         )
         raise
     metrics = result.metrics
+    sizes = metrics["data_sizes"]
+    measured = (
+        f"target test accuracy {100 * result.accuracy:.2f}% on {sizes['target_test']} test images"
+        if result.measured_on == "test"
+        else f"validation accuracy {100 * result.accuracy:.2f}% on {sizes['labelled_val']} images "
+        f"(the data has no test split)"
+    )
     print(
         f"adapt {metrics['method']} ({metrics['profile']}, seed {metrics['seed']}, {metrics['network']}): "
-        f"target test accuracy {100 * result.accuracy:.2f}% on {metrics['data_sizes']['target_test']} "
-        f"test images in {metrics['wall_seconds']:.0f} s\n"
+        f"{measured} in {metrics['wall_seconds']:.0f} s\n"
         f"run folder: {result.run_dir} ({', '.join(metrics['target_net_files'])}, summary.json)"
     )
     if metrics.get("baselines"):

@@ -360,7 +360,7 @@ def train_run(
     summary["stage_history"] = result.stage_history
     summary["term_balance"] = result.term_balance
     summary["inert_terms"] = result.inert_terms
-    if result.history:
+    if result.history and result.target_test_accuracy is not None:
         # Labelled as an oracle: the best round by *target* accuracy, for the record only (anchors
         # that report it as their result overstate it); selection above never reads it.
         oracle = max(result.history, key=lambda record: record["target_test_accuracy"])
@@ -476,7 +476,11 @@ def evaluate_run(run_dir: Path, *, data_root: DataRoot) -> dict[str, Any]:
             if len(data.labelled_val)
             else None
         ),
-        "target_test_accuracy": accuracy(net, data.target_test, autocast=contextlib.nullcontext()),
+        "target_test_accuracy": (
+            accuracy(net, data.target_test, autocast=contextlib.nullcontext())
+            if len(data.target_test)
+            else None
+        ),
         "target_test_size": len(data.target_test),
         "data_root": data_root.describe(),
     }

@@ -56,7 +56,8 @@ class TrainingResult:
 
     selected_by: str
     selected_round: int
-    target_test_accuracy: float
+    target_test_accuracy: float | None
+    """``None`` when the target data has no test split (the user's own data)."""
     val_accuracy: float | None
     """``None`` when nothing is held out for validation (``data.val_fraction=0``)."""
     rounds: int
@@ -71,6 +72,10 @@ class TrainingResult:
     """Per ``stage/update`` and term: mean gradient norm and mean/max ratio to the update's
     largest term (METHOD.md D10, :mod:`cetl.engine.balance`)."""
     inert_terms: list[dict[str, Any]] = field(default_factory=list)
+
+
+def _optional_float(value: float | None) -> float | None:
+    return None if value is None else float(value)
 
 
 def resolve_device(name: str) -> torch.device:
@@ -405,7 +410,9 @@ def train(
                 if len(data.labelled_val)
                 else None
             ),
-            "target_test_accuracy": accuracy(method, data.target_test, autocast=autocast),
+            "target_test_accuracy": (
+                accuracy(method, data.target_test, autocast=autocast) if len(data.target_test) else None
+            ),
         }
 
     def stage_eval(round_index: int, stage_name: str, accuracies: dict[str, Any]) -> None:
@@ -568,8 +575,8 @@ def train(
     return TrainingResult(
         selected_by=selection,
         selected_round=int(state.best["round"]),
-        target_test_accuracy=float(state.best["target_test_accuracy"]),
-        val_accuracy=None if state.best["val_accuracy"] is None else float(state.best["val_accuracy"]),
+        target_test_accuracy=_optional_float(state.best["target_test_accuracy"]),
+        val_accuracy=_optional_float(state.best["val_accuracy"]),
         rounds=state.rounds_done,
         steps=dict(state.stage_steps),
         term_steps=dict(state.term_steps),

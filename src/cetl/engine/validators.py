@@ -203,7 +203,7 @@ def regret(history: list[dict[str, Any]], rule: str) -> float | None:
     """Oracle minus chosen target test accuracy (a fraction) for ``rule`` on one run: what the
     rule lost against picking the round by target labels. ``None`` without its scores."""
     chosen = chosen_record(history, rule)
-    if chosen is None:
+    if chosen is None or any(record["target_test_accuracy"] is None for record in history):
         return None
     oracle = max(record["target_test_accuracy"] for record in history)
     return oracle - chosen["target_test_accuracy"]

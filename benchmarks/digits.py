@@ -36,6 +36,11 @@ def main() -> None:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--set", action="append", default=[], help="config override for every cell")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks"))
+    parser.add_argument(
+        "--only-finished",
+        action="store_true",
+        help="train nothing: tabulate the cells that have finished (a partial table, or a re-render)",
+    )
     args = parser.parse_args()
     methods = parse_methods(args.methods)
     cpu = platform.processor() or platform.machine()
@@ -50,6 +55,7 @@ def main() -> None:
             out=args.out,
             data_root=resolve_data_root(None),
             sets=args.set,
+            only_finished=args.only_finished,
         )
         # One folder per experiment: the table, its JSON and the PNGs compare.md links.
         target = RESULTS / args.name / experiment

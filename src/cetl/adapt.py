@@ -145,20 +145,25 @@ def adapt(
     from cetl.runs import train_run
 
     root = resolve_data_root(data_root)
-    config = adapt_config(
-        source,
-        target_data,
-        unlabelled_data=unlabelled_data,
-        target_net=target_net,
-        method=method,
-        profile=profile,
-        seed=seed,
-        tap=tap,
-        labels_per_class=labels_per_class,
-        sets=sets,
-        overrides=overrides,
-        data_root=root,
-    )
+
+    def configure(method_name: str, with_source: bool = True) -> ExperimentConfig:
+        """The config of ``method_name`` on this call's data, labels, seed and overrides."""
+        return adapt_config(
+            source if with_source else None,
+            target_data,
+            unlabelled_data=unlabelled_data,
+            target_net=target_net,
+            method=method_name,
+            profile=profile,
+            seed=seed,
+            tap=tap,
+            labels_per_class=labels_per_class,
+            sets=sets,
+            overrides=overrides,
+            data_root=root,
+        )
+
+    config = configure(method)
     run_dir = Path(out) if out is not None else default_adapt_dir(config)
     summary = train_run(config, run_dir=run_dir, data_root=root, resume=resume, overwrite=overwrite)
     held_out = summary["data_sizes"].get("labelled_val", 0)
@@ -171,20 +176,7 @@ def adapt(
     metrics, net = _export_target_net(run_dir)
     compared = {}
     for baseline in dict.fromkeys(b for b in baselines if b != method):
-        baseline_config = adapt_config(
-            source if baseline != "target_only" else None,
-            target_data,
-            unlabelled_data=unlabelled_data,
-            target_net=target_net,
-            method=baseline,
-            profile=profile,
-            seed=seed,
-            tap=tap,
-            labels_per_class=labels_per_class,
-            sets=sets,
-            overrides=overrides,
-            data_root=root,
-        )
+        baseline_config = configure(baseline, with_source=baseline != "target_only")
         if baseline == "fine_tune" and baseline_config.source.kind == "onnx":
             print("cetl: note: baseline fine_tune skipped: an ONNX source has no weights to fine-tune")
             continue

@@ -112,6 +112,8 @@ def paired_markdown(result: TableResult) -> str:
 def curve_markdown(result: TableResult, *, seeds: int) -> str:
     """Accuracy per row and column: mean ± std over seeds, ``(n=k)`` where seeds are missing,
     and why a cell has no run."""
+    from cetl.report.tables import cell_text  # tables imports this module
+
     table = result.table
     lines = ["| | " + " | ".join(table.columns) + " |", "|---|" + "---:|" * len(table.columns)]
     notes: dict[str, int] = {}
@@ -119,16 +121,7 @@ def curve_markdown(result: TableResult, *, seeds: int) -> str:
         texts = []
         for column in table.columns:
             cell = result.at(row, column)
-            if cell is None:
-                texts.append("–")
-            elif cell.measured:
-                texts.append(
-                    f"{cell.mean:.2f} ± {cell.std:.2f}"
-                    + ("" if len(cell.runs) == seeds else f" (n={len(cell.runs)})")
-                )
-            else:
-                number = notes.setdefault(cell.reason, len(notes) + 1)
-                texts.append(f"{cell.reason.partition(':')[0]} [{number}]")
+            texts.append("–" if cell is None else cell_text(cell, seeds, notes))
         lines.append(f"| {row} | " + " | ".join(texts) + " |")
     lines += [""] + [f"- [{number}] {reason}" for reason, number in notes.items()]
     return "\n".join(lines).rstrip() + "\n"

@@ -173,6 +173,14 @@ def _measured_text(result: CellResult, seeds: int) -> str:
     return text + (f" {SUBSET_MARK}" if result.data == "subset" else "")
 
 
+def cell_text(cell: CellResult, seeds: int, notes: dict[str, int]) -> str:
+    """A cell's mean ± std, or why it has no run as ``status [n]`` (``notes`` numbers reasons)."""
+    if cell.measured:
+        return _measured_text(cell, seeds)
+    number = notes.setdefault(cell.reason, len(notes) + 1)
+    return f"{cell.reason.partition(':')[0]} [{number}]"
+
+
 def table_markdown(result: TableResult, *, seeds: int) -> str:
     """The table as in the paper (its rows and columns), "paper" and "ours" side by side per
     column; cells without a run say why in numbered notes below (exact text is tested)."""
@@ -188,12 +196,7 @@ def table_markdown(result: TableResult, *, seeds: int) -> str:
                 texts += ["–", "–"]
                 continue
             paper = "–" if cell.cell.paper is None else f"{cell.cell.paper:.2f}"
-            if cell.measured:
-                ours = _measured_text(cell, seeds)
-            else:
-                number = notes.setdefault(cell.reason, len(notes) + 1)
-                ours = f"{cell.reason.partition(':')[0]} [{number}]"
-            texts += [paper, ours]
+            texts += [paper, cell_text(cell, seeds, notes)]
         lines.append(f"| {row} | " + " | ".join(texts) + " |")
     lines += [""] + [f"- [{number}] {reason}" for reason, number in notes.items()]
     if any(cell.measured and cell.data == "subset" for cell in result.cells):

@@ -232,8 +232,11 @@ def _assert_close_records(ddp: list[dict], single: list[dict]) -> None:
             # RF quantiles are correlations of logs from K = 8 samples, picked element by element:
             # ill-conditioned enough to turn float rounding of the weights into ~1e-4 (relative).
             rel = 1e-3 if "_rf/" in key else 1e-5
+            # Label-free scores such as IM are differences of O(1) entropies (log 10 ≈ 2.3) that nearly
+            # cancel: their rounding is that of the terms, ~1e-5 absolute, not of the small result.
+            absolute = 1e-5 if key.startswith("unsupervised_") else 1e-7
             if isinstance(value, float):
-                assert value == pytest.approx(b[key], rel=rel, abs=1e-7), (a["kind"], a.get("stage"), key)
+                assert value == pytest.approx(b[key], rel=rel, abs=absolute), (a["kind"], a.get("stage"), key)
 
 
 @pytest.mark.parametrize("job", JOBS)

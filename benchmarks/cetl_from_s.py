@@ -24,9 +24,13 @@ from typing import Any
 
 from cetl.compare import run_cell
 from cetl.data.root import resolve_data_root
+from cetl.experiments.label_efficiency import VARIANT_SETS
+from cetl.experiments.paper import Cell
 
 RESULTS = Path(__file__).parent / "results"
-VARIANT = ("cetl-from-s", ("method.target_init=source",))
+VARIANT = "from-s"
+"""The label-efficiency curves' variant (``method.target_init=source``), so the cell's folder,
+``cetl-from-s``, is the one those curves train and reuse."""
 
 
 def _stage_lifts(summary: dict[str, Any]) -> dict[str, float]:
@@ -45,7 +49,8 @@ def _stage_lifts(summary: dict[str, Any]) -> dict[str, float]:
 
 def _oracle(summary: dict[str, Any]) -> float:
     """The best target accuracy after any stage: an oracle figure, never a result."""
-    return 100 * max(entry["target_test_accuracy"] for entry in summary.get("stage_history") or [{}])
+    history = summary.get("stage_history") or []
+    return 100 * max((entry["target_test_accuracy"] for entry in history), default=float("nan"))
 
 
 def main() -> None:
@@ -56,9 +61,17 @@ def main() -> None:
     parser.add_argument("--profile", default="quick")
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks"))
     args = parser.parse_args()
-    data_root = resolve_data_root(None)
-    folder, sets = VARIANT
+    common = {"profile": args.profile, "out": args.out, "data_root": resolve_data_root(None)}
     for experiment in args.experiments:
+        cell = Cell(
+            "cetl, T2 from S",
+            experiment,
+            experiment,
+            "cetl",
+            None,
+            sets=VARIANT_SETS[VARIANT],
+            variant=VARIANT,
+        )
         lines = [
             f"# {experiment}: `cetl` with T2 started from S (`method.target_init=source`), paired with S",
             "",
@@ -73,9 +86,8 @@ def main() -> None:
         ]
         differences = []
         for seed in range(args.seeds):
-            common = {"profile": args.profile, "out": args.out, "data_root": data_root}
             s = run_cell(experiment, "source_only", seed, sets=(), **common)
-            run = run_cell(experiment, "cetl", seed, sets=sets, folder=folder, **common)
+            run = run_cell(experiment, cell.method, seed, sets=cell.sets, folder=cell.folder, **common)
             difference = 100 * (run["target_test_accuracy"] - s["target_test_accuracy"])
             differences.append(difference)
             lifts = ", ".join(f"{stage} {lift:+.2f}" for stage, lift in _stage_lifts(run).items())

@@ -8,11 +8,17 @@ every mechanism and removes that handicap. Pre-registered: `cetl` at the calibra
 ``target_init`` changed, selection on source validation, paired with S of the same seed; no other
 setting is tried, and the table is reported whatever it says.
 
+``--method baseline`` runs the fair comparison on the same footing: T2 from S trained on CETL's
+classification schedule with no coupling (fine-tuning S on source labels). The coupling earns its
+place only where `cetl` from S beats `baseline` from S, seed by seed.
+
 Usage (cells in ``runs/benchmarks`` beside `benchmarks/digits.py`'s, so S is shared and finished
 cells are reused; writes ``benchmarks/results/<name>/<experiment>/cetl_from_s.md``)::
 
     CETL_DATA_ROOT=../shared/datasets python benchmarks/cetl_from_s.py --name cetl3_quick \\
-        --experiments digits_mn_to_us digits_us_to_mn --seeds 3
+        --experiments digits_mn_to_us digits_us_to_mn --seeds 3 [--method baseline]
+
+It writes ``<method>_from_s.md``.
 """
 
 from __future__ import annotations
@@ -59,28 +65,32 @@ def main() -> None:
     parser.add_argument("--experiments", nargs="+", default=["digits_mn_to_us"])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--profile", default="quick")
+    parser.add_argument(
+        "--method", default="cetl", choices=("cetl", "baseline"), help="the method started from S"
+    )
     parser.add_argument("--out", type=Path, default=Path("runs/benchmarks"))
     args = parser.parse_args()
     common = {"profile": args.profile, "out": args.out, "data_root": resolve_data_root(None)}
     for experiment in args.experiments:
         cell = Cell(
-            "cetl, T2 from S",
+            f"{args.method}, T2 from S",
             experiment,
             experiment,
-            "cetl",
+            args.method,
             None,
             sets=VARIANT_SETS[VARIANT],
             variant=VARIANT,
         )
         lines = [
-            f"# {experiment}: `cetl` with T2 started from S (`method.target_init=source`), paired with S",
+            f"# {experiment}: `{args.method}` with T2 started from S (`method.target_init=source`), "
+            "paired with S",
             "",
             f"Command: `python benchmarks/cetl_from_s.py --name {args.name} --experiments {experiment} "
-            f"--seeds {args.seeds} --profile {args.profile}`. Selection on source validation; target "
+            f"--seeds {args.seeds} --profile {args.profile} --method {args.method}`. Selection on source validation; target "
             "labels are read only to report the test accuracy and the oracle column. Stage lifts: mean "
             "change of target test accuracy across each stage over rounds ≥ 1 (points).",
             "",
-            "| seed | S (%) | cetl, T2 from S (%) | Δ vs S | selected round | "
+            f"| seed | S (%) | {args.method}, T2 from S (%) | Δ vs S | selected round | "
             "stage lifts (rounds ≥ 1) | best after any stage (oracle) |",
             "|---:|---:|---:|---:|---:|---|---:|",
         ]
@@ -102,7 +112,7 @@ def main() -> None:
             f"| mean | | | {statistics.mean(differences):+.2f} | | "
             f"{positive}/{len(differences)} seeds positive | |"
         )
-        target = RESULTS / args.name / experiment / "cetl_from_s.md"
+        target = RESULTS / args.name / experiment / f"{args.method}_from_s.md"
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_text("\n".join(lines) + "\n")
         print(f"wrote {target}")

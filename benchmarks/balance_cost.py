@@ -25,7 +25,8 @@ from speed import Clock, autocast_for, build_cetl, network_source, synthetic_dat
 
 from cetl.config import OptimizerConfig, TrainConfig
 from cetl.engine import loop
-from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
+from cetl.engine.distributed import SINGLE
+from cetl.files import atomic_write_json, atomic_write_text
 from cetl.methods.base import Batch
 
 RESULTS = Path(__file__).parent / "results"
@@ -47,7 +48,7 @@ def main() -> None:
         fisher_batches=32,
         fisher_batch_size=8,
     )
-    method.prepare(data)
+    method.prepare(data, SINGLE)
     method.train()
     stages = method.stages(0)
     stages[0].on_end()  # GFI1 → DWA1 in stage 2

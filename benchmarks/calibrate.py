@@ -25,10 +25,10 @@ from typing import Any
 
 import torch
 
-from cetl.compare import cell_dir, run_cell
 from cetl.data.root import resolve_data_root
-from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
-from cetl.runs import read_summary
+from cetl.files import atomic_write_json, atomic_write_text
+from cetl.run_folder import read_summary
+from cetl.workflows.compare import cell_dir, run_cell
 
 RESULTS = Path(__file__).parent / "results"
 EXPERIMENT = "digits_mn_to_us"

@@ -28,10 +28,10 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from cetl.compare import run_cell
 from cetl.data.root import resolve_data_root
 from cetl.experiments.label_efficiency import VARIANT_SETS
 from cetl.experiments.paper import Cell
+from cetl.workflows.compare import run_cell
 
 RESULTS = Path(__file__).parent / "results"
 VARIANT = "from-s"
@@ -86,9 +86,10 @@ def main() -> None:
             "paired with S",
             "",
             f"Command: `python benchmarks/cetl_from_s.py --name {args.name} --experiments {experiment} "
-            f"--seeds {args.seeds} --profile {args.profile} --method {args.method}`. Selection on source validation; target "
-            "labels are read only to report the test accuracy and the oracle column. Stage lifts: mean "
-            "change of target test accuracy across each stage over rounds ≥ 1 (points).",
+            f"--seeds {args.seeds} --profile {args.profile} --method {args.method}`. Selection on "
+            "source validation; target labels are read only to report the test accuracy and the "
+            "oracle column. Stage lifts: mean change of target test accuracy across each stage over "
+            "rounds ≥ 1 (points).",
             "",
             f"| seed | S (%) | {args.method}, T2 from S (%) | Δ vs S | selected round | "
             "stage lifts (rounds ≥ 1) | best after any stage (oracle) |",

@@ -21,8 +21,8 @@ from pathlib import Path
 
 import torch
 
-from cetl.compare import compare, parse_methods
 from cetl.data.root import resolve_data_root
+from cetl.workflows.compare import compare, parse_methods
 
 RESULTS = Path(__file__).parent / "results"
 

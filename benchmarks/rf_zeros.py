@@ -44,14 +44,15 @@ from typing import Any
 import torch
 from torch import Tensor
 
-import cetl.methods.cetl as cetl_module
+import cetl.fisher.protection as protection_module
 from cetl.build import build_method, build_source, build_training_data, labelled_domain
 from cetl.engine.checkpoint import load_checkpoint
+from cetl.engine.distributed import SINGLE
 from cetl.engine.loop import LAST_CHECKPOINT
 from cetl.fisher import generalized_fisher, normalise_fisher, relative_fisher
 from cetl.fisher.estimate import shifted_log
 from cetl.fisher.relative import min_kept
-from cetl.runs import read_config, run_data_root
+from cetl.run_folder import read_config, run_data_root
 
 GFIS = {  # name → (network attribute, stream, (protected loss, other loss)), METHOD.md D6
     "gfi1": ("decoder", "target", ("recon_source", "recon_target")),
@@ -73,7 +74,7 @@ def load_method(run_dir: Path, data_root: str | None, fisher: str | None) -> Any
     states = load_checkpoint(run_dir / LAST_CHECKPOINT)["networks"]
     for name, network in method.trainable_networks().items():
         network.load_state_dict(states[name])
-    method.prepare(data)
+    method.prepare(data, SINGLE)
     if fisher is not None:
         method.config = dataclasses.replace(method.config, fisher=fisher)
     return config, method
@@ -83,7 +84,7 @@ def capture_estimate(method: Any, gfi: str, seed: int) -> Any:
     """Run the method's own Fisher pass for ``gfi`` with every sample kept; return the estimate."""
     network, stream, losses = GFIS[gfi]
     captured = {}
-    original = cetl_module.estimate_fisher
+    original = protection_module.estimate_fisher
 
     def keeping(*args: Any, **kwargs: Any) -> Any:
         kwargs["keep_samples"] = True
@@ -91,11 +92,11 @@ def capture_estimate(method: Any, gfi: str, seed: int) -> Any:
         return captured["estimate"]
 
     torch.manual_seed(seed)
-    cetl_module.estimate_fisher = keeping
+    protection_module.estimate_fisher = keeping
     try:
         method._compute_gfi(f"dwa{gfi[-1]}", getattr(method, network), stream, losses)
     finally:
-        cetl_module.estimate_fisher = original
+        protection_module.estimate_fisher = original
     return captured["estimate"]
 
 

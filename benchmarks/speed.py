@@ -61,10 +61,10 @@ from typing import Any
 import torch
 from torch import Tensor, nn
 
-import cetl.methods.cetl as cetl_module
+import cetl.fisher.protection as protection_module
 from cetl.build import DataInfo, build_method
 from cetl.config import EngineConfig, OptimizerConfig, TrainConfig
-from cetl.data.digits import LabelledSet
+from cetl.data.labelled import LabelledSet
 from cetl.data.synthetic import synthetic_set
 from cetl.data.training import TrainingData
 from cetl.engine import loop
@@ -178,12 +178,12 @@ def timed_like(device: torch.device) -> Iterator[None]:
     :func:`seconds_now`, so every duration in one result is on one clock."""
     public = {name: getattr(time, name) for name in dir(time) if not name.startswith("_")}
     clock = types.SimpleNamespace(**{**public, "perf_counter": lambda: seconds_now(device)})
-    saved = loop.time, cetl_module.time
-    loop.time = cetl_module.time = clock
+    saved = loop.time, protection_module.time
+    loop.time = protection_module.time = clock
     try:
         yield
     finally:
-        loop.time, cetl_module.time = saved
+        loop.time, protection_module.time = saved
 
 
 class Clock:

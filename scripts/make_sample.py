@@ -11,9 +11,9 @@ from pathlib import Path
 import numpy as np
 
 from cetl.data.datasets import load_raw
-from cetl.data.digits import seeded_subset
 from cetl.data.root import DataRoot
 from cetl.data.sample import SAMPLE_COUNTS, SAMPLE_FILE
+from cetl.data.subsets import seeded_subset
 
 
 def main(root: str) -> None:

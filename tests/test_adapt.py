@@ -18,13 +18,14 @@ import torch
 from PIL import Image
 
 import cetl
-from cetl.adapt import Result, adapt_config, source_config, target_dataset
 from cetl.cli import main
 from cetl.data.datasets import load_raw
 from cetl.data.root import sample_root
-from cetl.engine.checkpoint import FILE_MODE, load_checkpoint
+from cetl.engine.checkpoint import load_checkpoint
 from cetl.errors import ConfigError, RunError
-from cetl.runs import read_config
+from cetl.files import FILE_MODE
+from cetl.run_folder import read_config
+from cetl.workflows.adapt import Result, adapt_config, source_config, target_dataset
 
 TRAIN_PER_CLASS, TEST_PER_CLASS = 12, 4
 FAST = ("--set", "train.rounds=1")
@@ -60,10 +61,9 @@ def source_run(usps_folder: Path, tmp_path_factory: pytest.TempPathFactory) -> R
 
 
 def test_the_package_exports_the_function_behind_the_cli():
-    import cetl.adapt as module_or_function  # `import a.b as c` reads the package attribute
+    from cetl.workflows import adapt as workflow
 
-    assert callable(cetl.adapt) and module_or_function is cetl.adapt
-    assert cetl.adapt.__module__ == "cetl.adapt"
+    assert cetl.adapt is workflow.adapt and cetl.Result is workflow.Result
 
 
 def test_target_only_run_writes_summary_and_both_target_net_files(source_run: Result):
@@ -150,7 +150,7 @@ def test_the_cli_calls_the_api_function(monkeypatch, usps_folder: Path, tmp_path
         seen.update(kwargs, args=args)
         raise ConfigError("stop here")
 
-    monkeypatch.setattr(sys.modules["cetl.adapt"], "adapt", spy)
+    monkeypatch.setattr(sys.modules["cetl.workflows.adapt"], "adapt", spy)
     code = main(["adapt", "--source", "x.onnx", "--target-data", str(usps_folder), "--set", "a.b=1"])
     assert code == 2
     assert seen["args"] == ("x.onnx", str(usps_folder)) and seen["sets"] == ["a.b=1"]
@@ -306,7 +306,7 @@ def test_an_interrupted_adapt_says_how_to_resume(monkeypatch, usps_folder: Path,
     def interrupted(*args, **kwargs):
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(sys.modules["cetl.adapt"], "adapt", interrupted)
+    monkeypatch.setattr(sys.modules["cetl.workflows.adapt"], "adapt", interrupted)
     assert main(["adapt", "--source", "resnet18:none", "--target-data", str(usps_folder)]) == 130
     assert "run the same 'cetl adapt' command with --resume" in capsys.readouterr().err
 

@@ -9,45 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from cetl.build import DataInfo, build_method
-from cetl.config import OptimizerConfig, TrainConfig
+from cetl.config import OptimizerConfig
 from cetl.data.synthetic import synthetic_training_data
 from cetl.engine import loop
 from cetl.errors import ConfigError
-from cetl.experiments import resolve
 from cetl.losses.adversarial import domain_loss, grad_reverse, grl_coefficient, inverted_label_loss
 from cetl.losses.mmd import weighted_mmd
 from cetl.methods import METHODS
 from cetl.methods.mmd import WDAN, class_weight_ratios
-from cetl.networks import NETWORKS
-from cetl.source import FrozenSource, source_from_network
-
-INFO = DataInfo(num_classes=4, channels=1, image_size=28, sizes={}, notes=())
-TRAIN = TrainConfig(rounds=2, batch_size=16, max_steps_per_epoch=2, tensorboard=False, progress=False)
-
-
-def make_source(seed: int = 7, tap: str = "coupling"):
-    torch.manual_seed(seed)
-    net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=4)
-    return source_from_network(net, tap=tap, temperature=4.0, description="test lenet")
-
-
-def make_method(name: str, *, sets=(), source=None):
-    config = resolve("digits_mn_to_us", method=name, profile="smoke", sets=list(sets))
-    needs_source = "source" in METHODS.get(name).components
-    return build_method(config, INFO, source=(source or make_source()) if needs_source else None)
-
-
-def train_synthetic(method, run_dir):
-    return loop.train(
-        method,
-        synthetic_training_data(),
-        train_config=TRAIN,
-        optimizer_config=OptimizerConfig(lr=1e-3),
-        seed=0,
-        run_dir=run_dir,
-        resume=False,
-    )
+from cetl.source import FrozenSource
+from helpers import make_method, make_source, train_synthetic
 
 
 def a_batch(progress: float = 0.0) -> loop.Batch:

@@ -9,9 +9,10 @@ from torch import nn
 from cetl.config import OptimizerConfig
 from cetl.engine import loop
 from cetl.engine.balance import INERT_RATIO, BalanceTracker, term_gradient_norms
+from cetl.engine.distributed import SINGLE
 from cetl.fisher import DWAPenalty
 from cetl.methods.base import Batch, Update
-from synthetic_runs import TRAIN, train_synthetic
+from helpers import TRAIN, train_synthetic
 from test_cetl import make_method, snapshot
 
 
@@ -124,7 +125,7 @@ def test_e2e_warm_up_freezes_a_trained_decoder_not_the_initial_one():
 
     data = synthetic_training_data()
     method = make_method("cetl_e2e")
-    method.prepare(data)
+    method.prepare(data, SINGLE)
     initial = snapshot(method.decoder)
     stages = method.stages(0)
     assert [s.name for s in stages] == ["reconstruct_source", "joint"]

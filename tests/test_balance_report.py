@@ -10,11 +10,12 @@ import json
 
 import pytest
 
-from cetl.compare import _write, format_balance_table, format_table, summarise, summarise_balance
 from cetl.experiments.paper import TABLES
 from cetl.report.collect import Run, balance_records
 from cetl.report.render import balance_series, stage_curve
-from cetl.report.tables import CellResult, Header, TableResult, write_table_report
+from cetl.report.results import CellResult, TableResult
+from cetl.report.tables import Header, write_table_report
+from cetl.workflows.compare import _write, format_balance_table, format_table, summarise, summarise_balance
 from test_report import EXPECTED_TABLE4_REPORT, TABLE4_HEADER, _run_summary, _table4_result
 
 PNG = b"\x89PNG\r\n\x1a\n"

@@ -8,40 +8,25 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cetl.build import DataInfo, build_method
 from cetl.config import OptimizerConfig, TrainConfig
 from cetl.data.synthetic import synthetic_training_data
 from cetl.engine import loop
-from cetl.experiments import resolve
+from cetl.engine.distributed import SINGLE
 from cetl.losses.classification import classification_loss
 from cetl.losses.reconstruction import source_reconstruction_loss, target_reconstruction_loss
 from cetl.methods import CETL, METHODS
-from cetl.methods.cetl import CetlConfig
+from cetl.methods.cetl_config import CetlConfig
 from cetl.networks import NETWORKS
 from cetl.source import FeatureCache, InputTransform, source_from_network
-from synthetic_runs import TRAIN, train_synthetic
+from helpers import TRAIN, changed, make_source, snapshot, train_synthetic
+from helpers import make_method as _make_method
 
-INFO = DataInfo(num_classes=4, channels=1, image_size=28, sizes={}, notes=())
 VARIANTS = [name for name in METHODS.names() if issubclass(METHODS.get(name), CETL)]
 
 
-def make_source(seed: int = 7):
-    torch.manual_seed(seed)
-    net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=4)
-    return source_from_network(net, tap="coupling", temperature=4.0, description="test lenet")
-
-
 def make_method(name: str, *, sets=(), source=None):
-    config = resolve("digits_mn_to_us", method=name, profile="smoke", sets=["method.phase1_epochs=1", *sets])
-    return build_method(config, INFO, source=source or make_source())
-
-
-def snapshot(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def changed(before, module):
-    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
+    """A CETL variant whose joint warm-up (D11) is one epoch, so two rounds stay tiny."""
+    return _make_method(name, sets=["method.phase1_epochs=1", *sets], source=source)
 
 
 def run_update(method, stage, batch, lr=1e-2):
@@ -91,7 +76,7 @@ def test_loss_references():
 def test_each_stage_changes_only_its_networks():
     method = make_method("cetl_e")
     data = synthetic_training_data()
-    method.prepare(data)
+    method.prepare(data, SINGLE)
     batch = batch_from(data)
     stage1, stage2, stage3 = method.stages(0)
     assert [s.name for s in (stage1, stage2, stage3)] == [
@@ -123,7 +108,7 @@ def test_source_adapter_is_trained_in_stage_one_when_shapes_differ():
     method = make_method("cetl_e", source=source)
     assert "source_adapter" in method.trainable_networks()
     data = synthetic_training_data()
-    method.prepare(data)
+    method.prepare(data, SINGLE)
     before = snapshot(method.source_adapter)
     run_update(method, method.stages(0)[0], batch_from(data))
     assert changed(before, method.source_adapter)
@@ -135,7 +120,7 @@ def test_source_adapter_is_trained_in_stage_one_when_shapes_differ():
 def test_frozen_decoder_copy_is_the_stage_two_target_and_never_moves():
     method = make_method("cetl_e")
     data = synthetic_training_data()
-    method.prepare(data)
+    method.prepare(data, SINGLE)
     batch = batch_from(data)
     stage1, stage2, _ = method.stages(0)
     run_update(method, stage1, batch)
@@ -155,7 +140,7 @@ def test_frozen_decoder_copy_is_the_stage_two_target_and_never_moves():
 def test_live_reconstruction_target_follows_the_current_decoder():
     method = make_method("cetl_e", sets=["method.recon_target=live"])
     data = synthetic_training_data()
-    method.prepare(data)
+    method.prepare(data, SINGLE)
     batch = batch_from(data)
     torch.testing.assert_close(
         method._recons1(batch.x_tgt, batch.idx_tgt), method.decoder(method.source(batch.x_tgt))
@@ -236,7 +221,7 @@ def test_feature_cache_round_trips_and_is_invalidated_by_changes(tmp_path, capsy
 
 def test_augmentation_bypasses_the_cache(capsys):
     method = make_method("cetl_e", sets=["method.augment=true"])
-    method.prepare(synthetic_training_data())
+    method.prepare(synthetic_training_data(), SINGLE)
     assert method._features is None
     assert "cache bypassed" in capsys.readouterr().err
 
@@ -363,7 +348,7 @@ def test_dwa1_at_the_calibrated_lambda_reduces_forgetting_of_stage_one():
         torch.manual_seed(0)
         method = make_method(name, sets=extra)
         assert method.config.dwa_reduction == "sum"
-        method.prepare(data)
+        method.prepare(data, SINGLE)
         stage1, stage2, _ = method.stages(0)
         batch = batch_from(data, slice(0, 32))
         for _ in range(100):
@@ -401,6 +386,6 @@ def test_gfi_records_and_dwa_terms_are_logged(tmp_path):
 def test_cetl_fi_keeps_every_parameter():
     method = make_method("cetl_fi")
     data = synthetic_training_data()
-    method.prepare(data)
+    method.prepare(data, SINGLE)
     stage1 = method.stages(0)[0]
     assert stage1.on_end()["gfi1_kept"] > 0.5  # F itself: only exact zeros are "dropped"

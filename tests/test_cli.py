@@ -143,7 +143,7 @@ def test_onnx_export_matches_torch(data_root, tmp_path):
     ort = pytest.importorskip("onnxruntime")
     import torch
 
-    from cetl.serve import export_run, load_target_net
+    from cetl.workflows.serve import export_run, load_target_net
 
     run_dir = tmp_path / "run"
     assert (

@@ -7,9 +7,9 @@ import json
 import pytest
 
 from cetl.cli import main
-from cetl.compare import MethodRow, format_table, parse_methods, reference_method, summarise
 from cetl.errors import ConfigError
 from cetl.experiments import resolve
+from cetl.workflows.compare import MethodRow, format_table, parse_methods, reference_method, summarise
 
 
 def _summary(accuracy: float, *, selected_by: str = "source_val") -> dict:
@@ -155,7 +155,7 @@ def test_few_label_variant_adds_target_labels_to_the_source_data(tmp_path, data_
 def test_only_rank_0_writes_the_tables(tmp_path, monkeypatch, data_root):
     import types
 
-    from cetl import compare as compare_module
+    from cetl.workflows import compare as compare_module
 
     out = tmp_path / "runs"
     args = dict(profile="smoke", out=out, data_root=data_root, log=lambda line: None)

@@ -3,9 +3,9 @@ import dataclasses
 import pytest
 import yaml
 
-from cetl.config import ExperimentConfig, dump_yaml, merge, parse_set_overrides
+from cetl.config import ExperimentConfig, dump_yaml, parse_set_overrides
 from cetl.errors import ConfigError
-from cetl.experiments import resolve
+from cetl.experiments import merge_config, resolve
 
 
 def test_unknown_top_level_key_names_it_with_suggestion_and_valid_keys():
@@ -122,7 +122,7 @@ def test_configs_are_frozen():
     config = resolve("digits_mn_to_us")
     with pytest.raises(dataclasses.FrozenInstanceError):
         config.seed = 1  # type: ignore[misc]
-    assert isinstance(merge(config, {}), ExperimentConfig)
+    assert isinstance(merge_config(config, {}), ExperimentConfig)
 
 
 def test_scientific_notation_without_a_dot_is_a_float(tmp_path):

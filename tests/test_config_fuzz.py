@@ -18,9 +18,9 @@ import yaml
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from cetl.config import ExperimentConfig, Range, dump_yaml, merge, parse_set_overrides, read_yaml
+from cetl.config import ExperimentConfig, Range, dump_yaml, parse_set_overrides, read_yaml
 from cetl.errors import ConfigError
-from cetl.experiments import EXPERIMENTS, resolve
+from cetl.experiments import EXPERIMENTS, merge_config, resolve
 from cetl.methods import METHODS
 
 BASE = EXPERIMENTS.get("digits_mn_to_us")("smoke")
@@ -85,7 +85,7 @@ schema_trees = st.one_of(
 
 def _load_or_config_error(tree: object) -> ExperimentConfig | None:
     try:
-        return merge(BASE, tree)  # type: ignore[arg-type]
+        return merge_config(BASE, tree)  # type: ignore[arg-type]
     except ConfigError as error:
         assert str(error) and "\n" not in str(error).splitlines()[0]
         return None
@@ -96,7 +96,7 @@ def _load_or_config_error(tree: object) -> ExperimentConfig | None:
 def test_any_tree_loads_or_raises_config_error_and_what_loads_round_trips(tree):
     config = _load_or_config_error(tree)
     if config is not None:
-        again = merge(BASE, yaml.safe_load(dump_yaml(config)))
+        again = merge_config(BASE, yaml.safe_load(dump_yaml(config)))
         assert again == config
 
 
@@ -183,4 +183,4 @@ def test_unreadable_yaml_values_are_config_errors(tmp_path):
     with pytest.raises(ConfigError, match=r"could not be read"):
         read_yaml(str(tmp_path))
     with pytest.raises(ConfigError, match=r"invalid value <an integer of 16610 bits> for 'seed'"):
-        merge(BASE, {"seed": 2**16609 * -1})
+        merge_config(BASE, {"seed": 2**16609 * -1})

@@ -17,7 +17,7 @@ from cetl.cli import main
 from cetl.data.check import check_datasets, format_check
 from cetl.data.custom import UNLABELLED_LABEL
 from cetl.data.datasets import RawSplit, dataset_variant, find_spec, load_raw
-from cetl.data.digits import PROTOCOLS, to_protocol
+from cetl.data.protocols import PROTOCOLS, to_protocol
 from cetl.data.root import DataRoot, sample_root
 from cetl.errors import ConfigError, DataError
 

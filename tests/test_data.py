@@ -9,8 +9,9 @@ from cetl.build import build_training_data
 from cetl.config import DataConfig
 from cetl.data.check import check_datasets
 from cetl.data.datasets import load_raw
-from cetl.data.digits import PROTOCOLS, seeded_subset, to_protocol
+from cetl.data.protocols import PROTOCOLS, to_protocol
 from cetl.data.root import DataRoot, resolve_data_root, sample_root
+from cetl.data.subsets import seeded_subset
 from cetl.errors import DataError
 
 

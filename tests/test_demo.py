@@ -2,9 +2,9 @@
 
 import pytest
 
-from cetl.demo import DEMO_TABLE, demo_data_root, run_demo
 from cetl.errors import RunError
-from cetl.reproduce import get_table
+from cetl.workflows.demo import DEMO_TABLE, demo_data_root, run_demo
+from cetl.workflows.reproduce import get_table
 
 
 def test_demo_defaults_to_the_bundled_sample_without_a_data_root():

@@ -14,6 +14,7 @@ from cetl.config import OptimizerConfig, TrainConfig
 from cetl.data.synthetic import synthetic_set
 from cetl.data.training import TrainingData
 from cetl.engine import loop
+from cetl.engine.distributed import SINGLE
 from cetl.errors import ConfigError
 from cetl.experiments import resolve
 from cetl.experiments.distillation import TABLE4
@@ -21,8 +22,11 @@ from cetl.losses.distillation import fsp_loss, fsp_matrix, hint_loss, soft_proba
 from cetl.methods import METHODS
 from cetl.methods.distillation import FSP, FitNets, KnowledgeDistillation, hint_regressor
 from cetl.networks import NETWORKS
-from cetl.runs import source_run_config, source_run_dir, train_run
+from cetl.run_folder import source_run_config, source_run_dir
 from cetl.source import FrozenSource, source_from_network
+from cetl.workflows.runs import train_run
+from helpers import changed, snapshot
+from helpers import make_method as _make_method
 
 INFO = DataInfo(num_classes=10, channels=3, image_size=32, sizes={}, notes=())
 TRAIN = TrainConfig(rounds=2, batch_size=8, max_steps_per_epoch=2, tensorboard=False, progress=False)
@@ -36,8 +40,8 @@ def make_teacher() -> FrozenSource:
 
 
 def make_method(name: str, *, sets=(), source: FrozenSource | None = None):
-    config = resolve("kd_cifar10", method=name, profile="smoke", sets=list(sets))
-    return build_method(config, INFO, source=source or make_teacher())
+    """A distillation method on ``kd_cifar10`` with a random ResNet-26 teacher."""
+    return _make_method(name, experiment="kd_cifar10", sets=sets, source=source or make_teacher(), info=INFO)
 
 
 def tiny_data() -> TrainingData:
@@ -46,14 +50,6 @@ def tiny_data() -> TrainingData:
 
     labelled = make(16, 1)
     return TrainingData(labelled, make(8, 2), labelled.x, make(8, 3))
-
-
-def snapshot(module):
-    return {k: v.detach().clone() for k, v in module.state_dict().items()}
-
-
-def changed(before, module) -> bool:
-    return any(not torch.equal(before[k], v) for k, v in module.state_dict().items())
 
 
 def step(method, stage, batch) -> None:
@@ -152,7 +148,7 @@ def test_smoke_run_leaves_the_teacher_bit_identical(name, tmp_path):
 def test_kd_reads_cached_teacher_logits_with_tau_and_alpha():
     method = make_method("kd", sets=["method.temperature=2", "method.soft_weight=0.25"])
     data = tiny_data()
-    method.prepare(data)
+    method.prepare(data, SINGLE)
     assert torch.equal(method._teacher_logits, method.source.predict(data.labelled.x))
     (stage,) = method.stages(0)
     (update,) = stage.updates
@@ -171,7 +167,7 @@ def test_hint_and_fsp_stages_train_only_the_layers_they_reach():
     batch = loop.Batch(x=data.labelled.x[:8], y=data.labelled.y[:8], idx=torch.arange(8))
     for name, extra, deepest_trained in (("fitnets", "regressor", "conv2"), ("fsp", "connectors", "conv5")):
         method = make_method(name)
-        method.prepare(data)
+        method.prepare(data, SINGLE)
         first = method.stages(0)[0]
         net = method.target_net
         before = {n: snapshot(m) for n, m in net.named_children()}
@@ -284,7 +280,7 @@ def test_soft_probability_loss_equals_the_logit_form_by_hand():
 def test_cetl_kd_weight_adds_hintons_term_to_classification():
     method = make_method("cetl", sets=["method.kd_weight=0.5"])
     data = tiny_data()
-    method.prepare(data)
+    method.prepare(data, SINGLE)
     classify = method.stages(0)[-1]
     batch = loop.Batch(x=data.labelled.x[:4], y=data.labelled.y[:4], x_tgt=data.target[:4])
     update = classify.updates[0]

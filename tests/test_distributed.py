@@ -160,7 +160,8 @@ def _run(job: str, run_dir: Path) -> dict:
         },
         "history": result.history,
         "masks": {
-            name: {k: g != 0 for k, g in p.gfi.items()} for name, p in getattr(method, "_dwa", {}).items()
+            name: {k: g != 0 for k, g in p.gfi.items()}
+            for name, p in getattr(getattr(method, "protection", None), "penalties", {}).items()
         },
         "batch_sizes": getattr(method, "batch_sizes", None),
         "wrapped": [

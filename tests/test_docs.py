@@ -18,14 +18,14 @@ from pathlib import Path
 import pytest
 
 import cetl
-from cetl import docs_reference
-from cetl.adapt import source_config
 from cetl.cli import build_parser, main
-from cetl.config import PROFILES, merge, parse_set_overrides
+from cetl.config import PROFILES, parse_set_overrides
 from cetl.errors import ConfigError
-from cetl.experiments import EXPERIMENTS, is_config_file, resolve
+from cetl.experiments import EXPERIMENTS, is_config_file, merge_config, resolve
 from cetl.methods import METHODS
 from cetl.networks import NETWORKS
+from cetl.workflows import docs_reference
+from cetl.workflows.adapt import source_config
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [
@@ -61,7 +61,7 @@ def test_pages_document_commands():
 
 def test_config_reference_is_generated_from_the_current_schema():
     committed = (ROOT / "docs" / "config-reference.md").read_text(encoding="utf-8")
-    assert committed == docs_reference.render(), "run: python -m cetl.docs_reference"
+    assert committed == docs_reference.render(), "run: python -m cetl.workflows.docs_reference"
     keys = ("data.unlabelled", "source.tap", "train.stage_epochs", "method.keep_prob", "method.temperature")
     for key in keys:
         assert f"| `{key}` |" in committed
@@ -83,7 +83,7 @@ def test_documented_command_is_valid(page, line, capsys):
         name, _, value = argv.pop(0).partition("=")
         env[name] = value
     program, args = argv[0], argv[1:]
-    if program in ("pip", "python") and args[:2] != ["-m", "cetl.docs_reference"]:
+    if program in ("pip", "python") and args[:2] != ["-m", "cetl.workflows.docs_reference"]:
         return  # installing and running tests or scripts are not cetl commands
     if program == "python":
         assert docs_reference.main(["--check", *args[2:]]) == 0
@@ -119,8 +119,8 @@ def _check_adapt(parsed) -> None:
         NETWORKS.get(parsed.target_net)
     assert parsed.profile in PROFILES
     template = EXPERIMENTS.get("tl_any_to_own")(parsed.profile)
-    merge(template, {"method": {"name": parsed.method}})
-    merge(template, parse_set_overrides(parsed.sets))
+    merge_config(template, {"method": {"name": parsed.method}})
+    merge_config(template, parse_set_overrides(parsed.sets))
     if parsed.source and not parsed.source.endswith(".onnx") and "/" not in parsed.source:
         assert source_config(parsed.source, tap=parsed.tap)["kind"] in ("torchvision", "timm")
 

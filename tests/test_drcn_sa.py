@@ -7,33 +7,17 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from cetl.build import DataInfo, build_method
 from cetl.config import TrainConfig
+from cetl.data.augment import impulse_noise, random_affine
 from cetl.data.synthetic import synthetic_training_data
 from cetl.engine import loop
 from cetl.errors import ConfigError
-from cetl.experiments import resolve
 from cetl.methods import METHODS
-from cetl.methods.corruption import impulse_noise, random_affine
 from cetl.methods.drcn import DRCN
 from cetl.methods.subspace import SA, SubspaceAlignment, alignment_matrix, pca_basis, ridge_classifier
 from cetl.networks import NETWORKS
 from cetl.source import source_from_network
-from synthetic_runs import train_synthetic
-
-INFO = DataInfo(num_classes=4, channels=1, image_size=28, sizes={}, notes=())
-
-
-def make_source(seed: int = 7):
-    torch.manual_seed(seed)
-    net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=4)
-    return source_from_network(net, tap="coupling", temperature=4.0, description="test lenet")
-
-
-def make_method(name: str, *, sets=(), source=None):
-    config = resolve("digits_mn_to_us", method=name, profile="smoke", sets=list(sets))
-    return build_method(config, INFO, source=source)
-
+from helpers import make_method, make_source, train_synthetic
 
 # --------------------------------------------------------------------------- corruptions
 

@@ -9,8 +9,9 @@ import torch
 from cetl.config import MethodConfig, OptimizerConfig, TrainConfig
 from cetl.data.synthetic import synthetic_training_data
 from cetl.engine import loop
-from cetl.engine.checkpoint import atomic_write_bytes, load_checkpoint, save_checkpoint
+from cetl.engine.checkpoint import load_checkpoint, save_checkpoint
 from cetl.errors import ConfigError, RunError
+from cetl.files import atomic_write_bytes
 from cetl.methods.baselines import SourceOnly, TargetOnly
 from cetl.networks import NETWORKS
 

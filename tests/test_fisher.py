@@ -12,6 +12,7 @@ import pytest
 import torch
 from torch import Tensor, nn
 
+from cetl.engine.distributed import SINGLE
 from cetl.errors import ConfigError
 from cetl.fisher import (
     RF_ESTIMATORS,
@@ -489,7 +490,7 @@ def test_rf_shared_zeros_option_reaches_the_estimator(monkeypatch: pytest.Monkey
     from cetl.build import DataInfo, build_method
     from cetl.data.synthetic import synthetic_training_data
     from cetl.experiments import resolve
-    from cetl.methods import cetl as cetl_module
+    from cetl.fisher import protection as protection_module
     from cetl.networks import NETWORKS
     from cetl.source import source_from_network
 
@@ -499,7 +500,7 @@ def test_rf_shared_zeros_option_reaches_the_estimator(monkeypatch: pytest.Monkey
         seen.append(kwargs.get("shared_zeros"))
         return relative_fisher(*args, **kwargs)
 
-    monkeypatch.setattr(cetl_module, "relative_fisher", spy)
+    monkeypatch.setattr(protection_module, "relative_fisher", spy)
     info = DataInfo(num_classes=4, channels=1, image_size=28, sizes={}, notes=())
     for sets, expected in (([], "exclude"), (["method.rf_shared_zeros=agree"], "agree")):
         config = resolve("digits_mn_to_us", method="cetl", profile="smoke", sets=sets)
@@ -508,7 +509,7 @@ def test_rf_shared_zeros_option_reaches_the_estimator(monkeypatch: pytest.Monkey
         net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=4)
         source = source_from_network(net, tap="coupling", temperature=4.0, description="test lenet")
         method = build_method(config, info, source=source)
-        method.prepare(synthetic_training_data())
+        method.prepare(synthetic_training_data(), SINGLE)
         seen.clear()
         method.stages(0)[0].on_end()  # stage 1 ends: GFI1
         assert seen == [expected]

@@ -8,18 +8,18 @@ import json
 import pytest
 import torch
 
-from cetl.build import build_training_data
-from cetl.compare import cell_config
+from cetl.build import build_training_data, load_target_net, source_from_run
 from cetl.config import DataConfig
-from cetl.data.digits import LabelledSet, per_class_indices, split_validation
+from cetl.data.labelled import LabelledSet
+from cetl.data.subsets import per_class_indices, split_validation
 from cetl.errors import ConfigError
 from cetl.experiments import resolve
 from cetl.experiments.label_efficiency import LABELS_PER_CLASS, STUDIES
 from cetl.experiments.paper import TEACHER
-from cetl.reproduce import get_table, reproduce
-from cetl.runs import evaluate_run, load_target_net, train_run
-from cetl.serve import export_run
-from cetl.source import source_from_run
+from cetl.workflows.compare import cell_config
+from cetl.workflows.reproduce import get_table, reproduce
+from cetl.workflows.runs import evaluate_run, train_run
+from cetl.workflows.serve import export_run
 
 
 def test_per_class_draws_are_stratified_reproducible_and_differ_across_seeds():

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cetl.cli import main
-from cetl.data.digits import LabelledSet
+from cetl.data.labelled import LabelledSet
 from cetl.data.training import TrainingData
 from cetl.engine.validators import unsupervised_scores
 from cetl.monitor import BOUND_KEYS, bound_terms, gaussian_mmd

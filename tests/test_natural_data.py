@@ -26,7 +26,6 @@ from cetl.data.datasets import (
     load_raw,
     locate_dataset,
 )
-from cetl.data.digits import PROTOCOLS, STL_CIFAR_CLASSES, to_protocol
 from cetl.data.natural import (
     apply_protocol,
     cifar10_s,
@@ -36,6 +35,7 @@ from cetl.data.natural import (
     stl_cifar,
     stratified_subset,
 )
+from cetl.data.protocols import PROTOCOLS, STL_CIFAR_CLASSES, to_protocol
 from cetl.data.root import DataRoot, sample_root
 from cetl.errors import ConfigError, DataError
 

@@ -8,7 +8,8 @@ from cetl.experiments.paper import TABLES, TEACHER, paper_accuracy
 from cetl.methods import METHODS
 from cetl.report.collect import Run, find_runs, match_cells
 from cetl.report.render import comparison_table, format_percent, gfi_kept_series, mean_curve, write_report
-from cetl.report.tables import CellResult, Header, TableResult, write_table_report
+from cetl.report.results import CellResult, TableResult
+from cetl.report.tables import Header, write_table_report
 
 
 def summary(method, accuracy, val, selected_by="source_val"):

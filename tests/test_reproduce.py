@@ -9,13 +9,13 @@ from pathlib import Path
 import pytest
 
 from cetl.cli import main
-from cetl.compare import cell_config
 from cetl.config import dump_yaml
 from cetl.data.root import DataRoot
 from cetl.errors import ConfigError, RunError
 from cetl.experiments.paper import TABLES
-from cetl.reproduce import MANIFEST_FILE, get_table, plan, reproduce, select_cells
-from cetl.runs import source_run_config
+from cetl.run_folder import source_run_config
+from cetl.workflows.compare import cell_config
+from cetl.workflows.reproduce import MANIFEST_FILE, get_table, plan, reproduce, select_cells
 
 
 def _root_with(tmp_path: Path, real: DataRoot | None, *names: str) -> DataRoot:
@@ -180,12 +180,12 @@ def test_a_finished_cell_with_its_config_is_reused_without_data(tmp_path):
 
 @pytest.mark.needs_data
 def test_a_failing_cell_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys, data_root):
-    import cetl.reproduce
+    import cetl.workflows.reproduce
 
     def failing(experiment, method, seed, **_):
         raise RunError(f"{method} seed {seed}: non-finite loss\nat round 1")
 
-    monkeypatch.setattr(cetl.reproduce, "run_cell", failing)
+    monkeypatch.setattr(cetl.workflows.reproduce, "run_cell", failing)
     argv = ["reproduce", "table5", "--profile", "smoke", "--seeds", "2", "--out", str(tmp_path)]
     assert main([*argv, "--data-root", str(data_root.path), "--only", "digits_mn_to_us/sa"]) == 1
     captured = capsys.readouterr()

@@ -26,9 +26,10 @@ from cetl.data.datasets import load_raw
 from cetl.data.root import DataRoot
 from cetl.data.synthetic import synthetic_training_data
 from cetl.engine import loop
-from cetl.engine.checkpoint import atomic_write_text, load_checkpoint
+from cetl.engine.checkpoint import load_checkpoint
 from cetl.engine.nonfinite import NonFiniteWatch
 from cetl.errors import ConfigError, DataError, RunError
+from cetl.files import atomic_write_text
 from cetl.methods.baselines import SourceOnly
 from cetl.networks import NETWORKS
 from cetl.source.adapters import source_from_network

@@ -8,8 +8,10 @@ import pytest
 import torch
 from torch import nn
 
+from cetl.build import load_target_net
 from cetl.config import OptimizerConfig, TrainConfig
 from cetl.data.synthetic import synthetic_training_data
+from cetl.engine.distributed import SINGLE
 from cetl.engine.loop import train
 from cetl.errors import ConfigError
 from cetl.experiments import resolve
@@ -17,8 +19,8 @@ from cetl.losses.information import information_maximisation
 from cetl.methods.base import Batch
 from cetl.methods.shot import Shot, ShotConfig, centroid_labels
 from cetl.networks import NETWORKS
-from cetl.runs import evaluate_run, load_target_net, train_run
 from cetl.source import FrozenSource, source_from_network
+from cetl.workflows.runs import evaluate_run, train_run
 
 
 def _lenet(classes: int = 4) -> nn.Module:
@@ -55,7 +57,7 @@ def test_shot_adapts_a_copy_with_the_head_frozen_and_s_bit_identical(tmp_path):
     before = source.fingerprint()
     method = Shot(ShotConfig(), target_net=_lenet(), source=source)
     data = synthetic_training_data(count=48, image_size=28, num_classes=4)
-    method.prepare(data)
+    method.prepare(data, SINGLE)
     (stage,) = method.stages(0)
     assert stage.streams == ("target",) and method.pseudo_labels.shape == (len(data.target),)
     index = torch.tensor([3, 7, 11])

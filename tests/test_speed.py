@@ -19,11 +19,12 @@ import torch
 from torch import nn
 
 import cetl.fisher.estimate as estimate_module
-import cetl.methods.cetl as cetl_module
+import cetl.fisher.protection as protection_module
 from cetl.build import DataInfo, build_method
 from cetl.config import EngineConfig, OptimizerConfig, TrainConfig
 from cetl.data.synthetic import synthetic_training_data
 from cetl.engine import loop
+from cetl.engine.distributed import SINGLE
 from cetl.experiments import resolve
 from cetl.fisher import (
     Stacked,
@@ -182,20 +183,21 @@ def test_cetl_gfi_is_vectorised_and_equals_the_loop(monkeypatch: pytest.MonkeyPa
     net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=4)
     source = source_from_network(net, tap="coupling", temperature=4.0, description="test lenet")
     method = build_method(config, info, source=source)
-    method.prepare(synthetic_training_data())
+    method.prepare(synthetic_training_data(), SINGLE)
     method._freeze_decoder()
 
     def gfis(vectorise: bool) -> dict[str, torch.Tensor]:
         fisher = estimate_module.estimate_fisher
         monkeypatch.setattr(
-            cetl_module, "estimate_fisher", lambda *a, **k: fisher(*a, vectorise=vectorise, **k)
+            protection_module, "estimate_fisher", lambda *a, **k: fisher(*a, vectorise=vectorise, **k)
         )
         torch.manual_seed(3)
         with warnings.catch_warnings():
             warnings.simplefilter("error")
             method._compute_gfi("dwa1", method.decoder, "target", ("recon_source", "recon_target"))
             method._compute_gfi("dwa3", method.target_net, "labelled", ("recon_target", "classify"))
-        return {f"{d}/{n}": g.clone() for d in ("dwa1", "dwa3") for n, g in method._dwa[d].gfi.items()}
+        penalties = method.protection.penalties
+        return {f"{d}/{n}": g.clone() for d in ("dwa1", "dwa3") for n, g in penalties[d].gfi.items()}
 
     fast, slow = gfis(True), gfis(False)
     assert fast.keys() == slow.keys()

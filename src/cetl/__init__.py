@@ -7,11 +7,22 @@ Information", CVPR 2018. See ``docs/`` for the method as implemented and the des
 frozen source (``docs/adapt.md``); it is the function behind ``cetl adapt``.
 """
 
-__version__ = "0.1.0"
+from __future__ import annotations
 
-# Imported eagerly on purpose: binding the function after its submodule has loaded keeps the
-# package attribute ``cetl.adapt`` the function for good (``from cetl.adapt import X`` still
-# reads the module). The module imports torch lazily, so ``import cetl`` and the CLI stay fast.
-from cetl.adapt import Result, adapt
+from typing import Any
+
+from cetl.version import __version__
 
 __all__ = ["Result", "__version__", "adapt"]
+
+_WORKFLOW_EXPORTS = frozenset({"Result", "adapt"})
+
+
+def __getattr__(name: str) -> Any:
+    # Lazy (PEP 562): every ``cetl.x`` import runs this file first, so importing the adapt
+    # workflow here would make each layer import the top of the graph (an import cycle).
+    if name in _WORKFLOW_EXPORTS:
+        from cetl.workflows import adapt as workflow
+
+        return getattr(workflow, name)
+    raise AttributeError(f"module 'cetl' has no attribute {name!r}")

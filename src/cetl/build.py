@@ -2,7 +2,9 @@
 
 Networks, methods and the engine take explicit keyword arguments; this module
 reads an :class:`ExperimentConfig` and calls them, so a reader can see in one file
-how every config field reaches the code that uses it.
+how every config field reaches the code that uses it. That includes a finished run's
+networks (:func:`load_target_net`, :func:`source_from_run`): its saved config rebuilt here,
+with the run's weights, since a run's S can itself be a run.
 """
 
 from __future__ import annotations
@@ -12,32 +14,31 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from torch import nn
 
 from cetl.config import DataConfig, ExperimentConfig, SourceConfig
 from cetl.data.custom import draw_name, read_loose_images
 from cetl.data.datasets import RawSplit, dataset_variant, find_spec, load_raw
-from cetl.data.digits import (
-    PROTOCOLS,
-    LabelledSet,
-    per_class_indices,
-    seeded_generator,
-    seeded_subset,
-    split_validation,
-    to_protocol,
-)
+from cetl.data.labelled import LabelledSet
 from cetl.data.natural import apply_protocol, protocol_num_classes
+from cetl.data.protocols import PROTOCOLS, to_protocol
 from cetl.data.root import DataRoot, user_cache_dir
+from cetl.data.subsets import per_class_indices, seeded_subset, split_validation
 from cetl.data.training import TrainingData
-from cetl.errors import ConfigError
+from cetl.engine.checkpoint import load_checkpoint
+from cetl.engine.loop import BEST_CHECKPOINT
+from cetl.errors import ConfigError, RunError
 from cetl.methods import METHODS, Method
 from cetl.networks import NETWORKS, TapNetwork, build_decoder
 from cetl.networks.base import LOGITS
 from cetl.networks.coupling import source_adapter
+from cetl.run_folder import read_config, read_summary, source_run_config, source_run_dir
+from cetl.seeding import seeded_generator
 from cetl.source import (
     FeatureCache,
     FrozenSource,
+    source_from_network,
     source_from_onnx,
-    source_from_run,
     source_from_timm,
     source_from_torchvision,
 )
@@ -286,3 +287,66 @@ def build_method(config: ExperimentConfig, info: DataInfo, *, source: FrozenSour
 def labelled_domain(config: ExperimentConfig) -> str:
     """Whose labels the configured method trains on (without building it)."""
     return METHODS.get(config.method.name).labelled_domain_for(config.setting)
+
+
+def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, nn.Module, DataInfo]:
+    """T2 of a finished run with its selected weights, in eval mode: a :class:`TapNetwork`, or
+    for ``fine_tune`` the fine-tuned copy of S behind S's input transform (images → logits)."""
+    config = read_config(run_dir)
+    protocol = PROTOCOLS[config.data.protocol]
+    info = DataInfo(
+        num_classes=protocol_num_classes(config.data.target, protocol),
+        channels=protocol.channels,
+        image_size=protocol.image_size,
+        sizes={},
+        notes=(),
+    )
+    states = load_checkpoint(run_dir / BEST_CHECKPOINT).get("networks", {})
+    if "target_net" not in states and hasattr(METHODS.get(config.method.name), "exportable"):
+        return config, _load_copy_of_source(config, info, states), info
+    net = build_target_net(config, info)
+    if "target_net" not in states:
+        raise RunError(f"'{run_dir / BEST_CHECKPOINT}' holds no target network weights")
+    net.load_state_dict(states["target_net"])
+    return config, net.eval(), info
+
+
+def _load_copy_of_source(config: ExperimentConfig, info: DataInfo, states: dict[str, Any]) -> nn.Module:
+    """The network of a method that trains a copy of S (``fine_tune``, ``shot``): rebuilt from S
+    (which must still be where the run found it) with the run's selected weights, behind S's
+    input transform (the method's ``exportable()``)."""
+    source_dir = None
+    if config.source.path:
+        source_dir = Path(config.source.path)
+    elif config.source.kind in ("source_only", "experiment"):
+        source_dir = source_run_dir(config, source_run_config(config))
+    if source_dir is not None and read_summary(source_dir) is None:
+        raise RunError(
+            f"this {config.method.name} run's network is a copy of S, rebuilt from S's run, but "
+            f"'{source_dir}' holds no finished run; put S's run folder back there"
+        )
+    method = build_method(config, info, source=build_source(config.source, run_dir=source_dir))
+    for name, network in method.trainable_networks().items():
+        network.load_state_dict(states[name])
+    return method.exportable().eval()
+
+
+def source_from_run(run_dir: Path, *, tap: str, temperature: float) -> FrozenSource:
+    """S from a finished run folder of this project (its selected weights, ``best.pt``): the
+    network is loaded here and handed to :func:`cetl.source.source_from_network`, so ``source/``
+    never reads run folders."""
+    config, net, _ = load_target_net(run_dir)
+    if not isinstance(net, TapNetwork):
+        raise ConfigError(
+            f"'{run_dir}' is a {config.method.name} run, whose network is a copy of its own source, "
+            f"not a project network with taps; use that run's source as S, or export it "
+            f"(cetl export) and use the ONNX file"
+        )
+    labelled = config.data.source if labelled_domain(config) == "source" else config.data.target
+    return source_from_network(
+        net,
+        tap=tap,
+        temperature=temperature,
+        description=f"run {run_dir}",
+        classes=class_names(labelled, net.num_classes),
+    )

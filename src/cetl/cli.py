@@ -23,6 +23,10 @@ Commands (dataset and experiment names are lower-case):
 Errors caused by input (a bad key, a missing dataset, a corrupt checkpoint) print one
 message and exit non-zero (2 for config errors, 1 otherwise, 130 after Ctrl-C, 143 after
 SIGTERM, which is handled like Ctrl-C: ``cetl.engine.signals``).
+
+Why one file: every sub-command is a thin parser plus a handler that forwards to a workflow;
+keeping them together keeps the command-line surface (names, exit codes, help text) reviewable in
+one place, and each handler is a few lines.
 """
 
 from __future__ import annotations
@@ -35,8 +39,8 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from cetl import __version__
 from cetl.errors import CetlError, RunError
+from cetl.version import __version__
 
 LISTABLE = ("experiments", "methods", "networks", "datasets", "sources", "tables")
 
@@ -156,7 +160,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _adapt_parser(commands: argparse._SubParsersAction) -> None:
-    """``cetl adapt``: the arguments of :func:`cetl.adapt.adapt`, one flag each."""
+    """``cetl adapt``: the arguments of :func:`cetl.workflows.adapt.adapt`, one flag each."""
     adapt = commands.add_parser(
         "adapt",
         help="train a target network on your own data, borrowing from a frozen source (docs/adapt.md)",
@@ -299,7 +303,8 @@ def _train(args: argparse.Namespace) -> int:
     from cetl.data.root import resolve_data_root
     from cetl.engine.distributed import current
     from cetl.experiments import resolve
-    from cetl.runs import default_run_dir, resume_hint, run_data_root, train_run
+    from cetl.run_folder import default_run_dir, run_data_root
+    from cetl.workflows.runs import resume_hint, train_run
 
     config = resolve(args.target, method=args.method, profile=args.profile, seed=args.seed, sets=args.sets)
     run_dir = Path(args.out) if args.out else default_run_dir(config)
@@ -336,9 +341,9 @@ def _positive_int(text: str) -> int:
 
 
 def _compare(args: argparse.Namespace) -> int:
-    from cetl.compare import compare, parse_methods
     from cetl.data.root import resolve_data_root
     from cetl.experiments import resolve
+    from cetl.workflows.compare import compare, parse_methods
 
     methods = parse_methods(args.methods)
     for method in methods:  # every cell's config is validated before the first one trains
@@ -413,7 +418,8 @@ def _data(args: argparse.Namespace) -> int:
 
 
 def _eval(args: argparse.Namespace) -> int:
-    from cetl.runs import evaluate_run, run_data_root
+    from cetl.run_folder import run_data_root
+    from cetl.workflows.runs import evaluate_run
 
     report = evaluate_run(args.run_dir, data_root=run_data_root(args.run_dir, args.data_root))
     print(json.dumps(report, indent=2))
@@ -421,7 +427,7 @@ def _eval(args: argparse.Namespace) -> int:
 
 
 def _predict(args: argparse.Namespace) -> int:
-    from cetl.serve import predict_files
+    from cetl.workflows.serve import predict_files
 
     for path, label, probability in predict_files(args.run_dir, args.images):
         print(f"{path}\t{label}\t{probability:.4f}")
@@ -429,7 +435,7 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def _export(args: argparse.Namespace) -> int:
-    from cetl.serve import export_run
+    from cetl.workflows.serve import export_run
 
     path = export_run(args.run_dir, fmt=args.format, output=args.output)
     print(f"wrote {path}")
@@ -437,14 +443,14 @@ def _export(args: argparse.Namespace) -> int:
 
 
 def _demo(args: argparse.Namespace) -> int:
-    from cetl.demo import run_demo
+    from cetl.workflows.demo import run_demo
 
     run_demo(args.out, data_root=args.data_root)
     return 0
 
 
 def _adapt(args: argparse.Namespace) -> int:
-    from cetl.adapt import adapt, baseline_table, parse_baselines
+    from cetl.workflows.adapt import adapt, baseline_table, parse_baselines
 
     try:
         result = adapt(
@@ -489,7 +495,7 @@ def _adapt(args: argparse.Namespace) -> int:
 
 def _reproduce(args: argparse.Namespace) -> int:
     from cetl.data.root import resolve_data_root
-    from cetl.reproduce import format_plan, get_table, plan, reproduce, select_cells
+    from cetl.workflows.reproduce import format_plan, get_table, plan, reproduce, select_cells
 
     table = get_table(args.table)
     select_cells(table, args.only)  # a typo in --only fails before anything is planned
@@ -524,7 +530,7 @@ def _reproduce_command(args: argparse.Namespace) -> str:
 
 
 def _report(args: argparse.Namespace) -> int:
-    from cetl.report.build import build_report
+    from cetl.workflows.report import build_report
 
     path = build_report(args.paths, out=args.out, profile=args.profile)
     print(path.read_text(encoding="utf-8"), end="")

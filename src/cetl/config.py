@@ -12,6 +12,10 @@ registries, never import paths, so a config file can never run code.
 Method-specific options live in a subclass of :class:`MethodConfig` nested in
 each method class (``Method.Config``); the ``method`` section is validated
 against the class of the method it names.
+
+Why one file: the schema dataclasses and :func:`merge` are one contract — the merge validates
+against exactly these classes and their field types — so splitting them would only move the
+coupling into an import.
 """
 
 from __future__ import annotations
@@ -21,7 +25,7 @@ import math
 import re
 import types
 import typing
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Annotated, Any, Literal
 
@@ -277,23 +281,31 @@ class ExperimentConfig:
     engine: EngineConfig = field(default_factory=EngineConfig)
 
 
-def method_config_class(name: str) -> type[MethodConfig]:
-    """The options class of method ``name``; unknown names fail with the registry's message."""
-    from cetl.methods import METHODS  # lazy: methods import this module
-
-    return METHODS.get(name).Config
+MethodConfigLookup = Callable[[str], type[MethodConfig]]
+"""Method name → its options class. The method registry provides it
+(:func:`cetl.methods.method_config_class`); this module is told, never imports it, so that the
+config schema stays a leaf of the import graph."""
 
 
 # --------------------------------------------------------------------------- merging
 
 
-def merge(config: Any, overrides: Mapping[str, Any], *, where: str = "") -> Any:
+def merge(
+    config: Any,
+    overrides: Mapping[str, Any],
+    *,
+    where: str = "",
+    method_configs: MethodConfigLookup | None = None,
+) -> Any:
     """Return ``config`` with ``overrides`` applied, after validating every key and value.
 
     Args:
         config: a dataclass instance from this schema.
         overrides: nested plain data (as from YAML); missing keys keep their values.
         where: dotted path of ``config`` inside the root, for error messages.
+        method_configs: finds a method's options class when ``method.name`` changes (or a bare
+            :class:`MethodConfig` is filled); :func:`cetl.experiments.merge_config` passes the
+            registry's. Without it, only the current method's options can be merged.
 
     Raises:
         ConfigError: on an unknown key, a value of the wrong type, or a non-mapping where a
@@ -308,9 +320,16 @@ def merge(config: Any, overrides: Mapping[str, Any], *, where: str = "") -> Any:
         name = overrides.get("name", config.name)
         if not isinstance(name, str):
             raise ConfigError(f"'{_join(where, 'name')}' must be a string, got {_show(name)}")
-        cls = method_config_class(name)
-        if type(config) is not cls:
-            config = cls(name=name)
+        if method_configs is None:
+            if name != config.name or type(config) is MethodConfig:
+                raise ConfigError(
+                    f"cannot set '{_join(where, 'name')}' to {name!r} without the method registry; "
+                    f"merge through cetl.experiments.merge_config"
+                )
+        else:
+            cls = method_configs(name)
+            if type(config) is not cls:
+                config = cls(name=name)
     hints = typing.get_type_hints(type(config), include_extras=True)
     valid = [f.name for f in dataclasses.fields(config)]
     changes: dict[str, Any] = {}
@@ -324,7 +343,7 @@ def merge(config: Any, overrides: Mapping[str, Any], *, where: str = "") -> Any:
             )
         current = getattr(config, key)
         if dataclasses.is_dataclass(current):
-            changes[key] = merge(current, value, where=path)
+            changes[key] = merge(current, value, where=path, method_configs=method_configs)
         else:
             changes[key] = _check_value(value, hints[key], path)
     return dataclasses.replace(config, **changes)

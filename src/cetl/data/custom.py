@@ -35,6 +35,9 @@ aspect ratio (within 2 %) are rescaled full frame to the most common size (antia
 bilinear), since every protocol rescales full frame anyway. Different aspect ratios are an
 error: cropping, padding or stretching them is a decision about the data that cetl leaves to
 its owner. Unlabelled images carry label -1 (torchvision's STL-10 convention).
+
+Why one file: both formats end in the same reconciliation (:func:`common_geometry`, the uint8 NCHW
+contract, label checks); the two readers are short and share those helpers.
 """
 
 from __future__ import annotations

@@ -3,7 +3,7 @@
 Each registered :class:`DatasetSpec` knows the torchvision class that reads it,
 the files torchvision expects under the data root, and how a user gets them.
 Loading returns a :class:`RawSplit` of uint8 images ``(N, C, H, W)`` and int64
-labels, memoised per process: protocols (``cetl.data.digits``) resize and
+labels, memoised per process: protocols (``cetl.data.protocols``) resize and
 normalise from there, so every protocol reads the same bytes.
 
 A root may hold a *subset* of a dataset instead of the official release (CIFAR-10:
@@ -14,6 +14,9 @@ subset are not comparable with published ones.
 
 The user's own data is named ``imagefolder:PATH`` or ``npz:FILE`` wherever a
 dataset name is expected (:func:`find_spec`; the formats are in ``cetl.data.custom``).
+
+Why one file: the registry of specs and the readers it names are one table; a reader is a few lines
+each and only meaningful next to its spec.
 """
 
 from __future__ import annotations

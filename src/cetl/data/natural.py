@@ -1,8 +1,8 @@
 """Natural-image protocols (METHOD.md §8): CIFAR-10-s and STL↔CIFAR's 9 shared classes.
 
-The protocols themselves are data in :data:`cetl.data.digits.PROTOCOLS` (``cifar``,
+The protocols themselves are data in :data:`cetl.data.protocols.PROTOCOLS` (``cifar``,
 ``cifar10s``, ``stl_cifar``); this module applies the two steps they add to the
-digit protocols, on stored images, before :func:`~cetl.data.digits.to_protocol`
+digit protocols, on stored images, before :func:`~cetl.data.protocols.to_protocol`
 resizes them:
 
 1. **class selection** (``Protocol.classes``): keep the images of the shared classes and
@@ -39,9 +39,11 @@ import torch
 from torch import Tensor
 
 from cetl.data.datasets import DatasetSpec, RawSplit, find_spec, load_raw
-from cetl.data.digits import PROTOCOLS, LabelledSet, Protocol, seeded_generator, to_protocol
+from cetl.data.labelled import LabelledSet
+from cetl.data.protocols import PROTOCOLS, Protocol, to_protocol
 from cetl.data.root import DataRoot
 from cetl.errors import ConfigError, DataError
+from cetl.seeding import seeded_generator
 
 DROPPED = -1
 """The label :func:`class_map` gives a class a protocol drops."""

@@ -9,8 +9,9 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from cetl.data.digits import LabelledSet, seeded_generator
+from cetl.data.labelled import LabelledSet
 from cetl.data.training import TrainingData
+from cetl.seeding import seeded_generator
 
 
 def synthetic_set(

@@ -7,7 +7,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from cetl.data.digits import LabelledSet
+from cetl.data.labelled import LabelledSet
 
 
 @dataclass(frozen=True)

@@ -16,7 +16,7 @@ from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any, TypeVar
 
-from cetl.engine.checkpoint import atomic_write_text
+from cetl.files import atomic_write_text
 
 T = TypeVar("T")
 

@@ -16,6 +16,9 @@ Launch: ``cetl train EXPERIMENT [--method M] [--profile P]`` (single process), o
 Determinism: every random stream (batch order, dropout) is seeded from the run
 seed and the round, stage, epoch and stream names, so a run interrupted after
 round k and resumed reproduces the uninterrupted run bit for bit on CPU.
+
+Why one file: it is the one training loop (DESIGN.md); its helpers (batches, progress, state) exist
+only for :func:`train`, and reading the loop top to bottom is the point.
 """
 
 from __future__ import annotations
@@ -34,7 +37,7 @@ import torch
 from torch import Tensor, nn
 
 from cetl.config import EngineConfig, OptimizerConfig, TrainConfig
-from cetl.data.digits import LabelledSet, seeded_generator
+from cetl.data.labelled import LabelledSet
 from cetl.data.training import TrainingData
 from cetl.engine.balance import BalanceTracker, term_gradient_norms
 from cetl.engine.checkpoint import load_checkpoint, save_checkpoint
@@ -44,6 +47,7 @@ from cetl.engine.nonfinite import NonFiniteWatch
 from cetl.engine.validators import applicable_rules, check_selection, selection_score, unsupervised_scores
 from cetl.errors import ConfigError, RunError
 from cetl.methods.base import Batch, Method, Stage, Stream, Update
+from cetl.seeding import seeded_generator
 
 LAST_CHECKPOINT = "last.pt"
 BEST_CHECKPOINT = "best.pt"
@@ -325,7 +329,7 @@ def train(
         method.to(memory_format=torch.channels_last)  # 4-D weights: convolutions pick NHWC kernels
     networks = method.trainable_networks()
     with autocast:  # a value cached here equals what a step would compute under the same autocast
-        method.prepare(data)
+        method.prepare(data, world)
     state = _Progress()
     optimizer_states: dict[str, Any] = {}
     if resume:

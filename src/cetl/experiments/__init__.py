@@ -13,16 +13,23 @@ from typing import Any
 
 from cetl.config import PROFILES, ExperimentConfig, merge, parse_set_overrides, read_yaml
 from cetl.errors import ConfigError
-from cetl.experiments import adapt, digits, distillation, label_efficiency, natural, transfer
+from cetl.experiments import any_to_own, digits, distillation, label_efficiency, natural, transfer
+from cetl.methods import method_config_class
 from cetl.registry import Registry, did_you_mean
 
 ExperimentFn = Callable[[str], ExperimentConfig]
 EXPERIMENTS: Registry[ExperimentFn] = Registry("experiment", contract="fn(profile: str) -> ExperimentConfig")
-for _module in (digits, natural, distillation, transfer, adapt, label_efficiency):
+for _module in (digits, natural, distillation, transfer, any_to_own, label_efficiency):
     for _name, _fn in _module.EXPERIMENTS.items():
         EXPERIMENTS.add(_name, _fn)
 
 DEFAULT_PROFILE = "quick"
+
+
+def merge_config(config: ExperimentConfig, overrides: dict[str, Any]) -> ExperimentConfig:
+    """:func:`cetl.config.merge` told where each method's options class lives, so that an
+    override may change ``method.name`` (every merge above the schema goes through here)."""
+    return merge(config, overrides, method_configs=method_config_class)
 
 
 def is_config_file(target: str) -> bool:
@@ -67,11 +74,11 @@ def resolve(
             f"known profiles: {', '.join(PROFILES)}"
         )
     config = EXPERIMENTS.get(name)(profile)
-    config = merge(config, file_overrides)
+    config = merge_config(config, file_overrides)
     if method is not None:
-        config = merge(config, {"method": {"name": method}})
+        config = merge_config(config, {"method": {"name": method}})
     if seed is not None:
-        config = merge(config, {"seed": seed})
+        config = merge_config(config, {"seed": seed})
     if sets:
-        config = merge(config, parse_set_overrides(sets))
+        config = merge_config(config, parse_set_overrides(sets))
     return config

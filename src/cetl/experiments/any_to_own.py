@@ -6,7 +6,7 @@ framework, no source data). Source and target data are both the user's dataset (
 ``tl_*`` experiments: every method reads the target's own labels), so model selection takes
 the last round (``train.selection=auto``).
 
-The template's data (USPS) and source (none yet) are placeholders: :func:`cetl.adapt.adapt`
+The template's data (USPS) and source (none yet) are placeholders: :func:`cetl.workflows.adapt.adapt`
 replaces them, and a run folder's ``config.yaml`` holds the resolved values, so
 ``cetl train RUN/config.yaml`` reruns an adapt run like any other.
 
@@ -28,7 +28,7 @@ from collections.abc import Callable
 
 from cetl.config import ExperimentConfig, NetworkConfig, SourceConfig, TrainConfig
 from cetl.experiments.profiles import budget, profile_data
-from cetl.methods.cetl import CetlConfig
+from cetl.methods.cetl_config import CetlConfig
 
 ExperimentFn = Callable[[str], ExperimentConfig]
 

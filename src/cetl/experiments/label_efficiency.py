@@ -14,7 +14,7 @@ forward beat training on my few labels, or fine-tuning?") as a curve over N. Exp
   hold-out would leave classes without a training image. Every method trains a fixed budget
   and keeps its last round (``train.selection=last``); no label outside the N per class, and
   never a test label, chooses anything.
-- Budget: ``cetl adapt``'s template (:mod:`cetl.experiments.adapt`), with the classification
+- Budget: ``cetl adapt``'s template (:mod:`cetl.experiments.any_to_own`), with the classification
   epochs per round raised so N·10 images still give its steps per round.
 
 :data:`STUDIES` lays the experiments out as tables for ``cetl reproduce label_efficiency_mn_to_us``
@@ -27,7 +27,7 @@ import dataclasses
 from collections.abc import Callable
 
 from cetl.config import ExperimentConfig, SourceConfig
-from cetl.experiments.adapt import adapt_experiment, classify_epochs
+from cetl.experiments.any_to_own import adapt_experiment, classify_epochs
 from cetl.experiments.digits import QUICK_MNIST_LIMIT
 from cetl.experiments.paper import TEACHER, Cell, Table
 

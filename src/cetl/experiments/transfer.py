@@ -58,7 +58,7 @@ from cetl.config import (
 )
 from cetl.experiments.paper import TABLES, paper_numbers
 from cetl.experiments.profiles import budget, profile_data
-from cetl.methods.cetl import CetlConfig
+from cetl.methods.cetl_config import CetlConfig
 
 ExperimentFn = Callable[[str], ExperimentConfig]
 

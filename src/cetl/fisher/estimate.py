@@ -25,6 +25,10 @@ Memory is O(#params): the estimator keeps running sums, never the K samples, unl
 ``keep_samples=True`` (for the ``binned`` Relative Fisher, O(K·#params)). Speed: micro-batches
 given as a tensor or :class:`Stacked` are differentiated a few at a time in one batched pass
 (``torch.func.vmap``), holding at most :data:`MAX_CHUNK` samples' gradients at once.
+
+Why one file: the estimator, its sampled losses and the vectorised per-micro-batch squares are one
+numerical procedure (METHOD.md D4); the losses decide which Fisher it estimates, so they stay
+beside it.
 """
 
 from __future__ import annotations

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+from cetl.config import MethodConfig
 from cetl.methods.adversarial import ADDA, DANN
 from cetl.methods.base import Batch, Method, Stage, Update
 from cetl.methods.baselines import SourceOnly, TargetOnly
-from cetl.methods.cetl import CETL, Baseline, Cetl, CetlE, CetlE2E, CetlF, CetlFI, CetlU
+from cetl.methods.cetl import CETL, Baseline, Cetl, CetlE, CetlE2E, CetlFI
+from cetl.methods.cetl_sequential import CetlF, CetlU
 from cetl.methods.distillation import FSP, FitNets, KnowledgeDistillation
 from cetl.methods.drcn import DRCN
 from cetl.methods.fine_tune import FineTune
@@ -38,4 +40,11 @@ METHODS.add("sa", SA)
 METHODS.add("fine_tune", FineTune)  # Table 3's FT-VGG
 METHODS.add("shot", Shot)  # source-free: Liang et al., ICML 2020
 
-__all__ = ["CETL", "METHODS", "Batch", "Method", "Stage", "Update"]
+
+def method_config_class(name: str) -> type[MethodConfig]:
+    """The options class of method ``name`` (what :func:`cetl.config.merge` is told to use);
+    unknown names fail with the registry's "did you mean"."""
+    return METHODS.get(name).Config
+
+
+__all__ = ["CETL", "METHODS", "Batch", "Method", "Stage", "Update", "method_config_class"]

@@ -19,6 +19,7 @@ from cetl.config import MethodConfig
 
 if TYPE_CHECKING:
     from cetl.data.training import TrainingData
+    from cetl.fisher.protection import Collectives
 
 Component = Literal["source", "decoder", "source_adapter", "feature_cache", "labelled_domain", "class_names"]
 
@@ -185,9 +186,11 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
         monitor, METHOD.md §6); called in eval mode without gradients. Default: none."""
         return {}
 
-    def prepare(self, data: TrainingData) -> None:
+    def prepare(self, data: TrainingData, world: Collectives) -> None:
         """Called once by the engine after moving the method and data to the device, before
-        training: the place to precompute per-image values (e.g. the source-feature cache)."""
+        training: the place to precompute per-image values (e.g. the source-feature cache).
+        ``world`` is the engine's training processes, for estimates that must agree across
+        ranks (CETL's DWA); a method keeps what it needs rather than looking for it later."""
 
     def resumable_state(self) -> dict[str, Any]:
         """Tensors and plain data, besides network weights, that later rounds read (e.g. a

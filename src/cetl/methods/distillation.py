@@ -30,6 +30,7 @@ from torch import Tensor, nn
 from cetl.config import MethodConfig, PositiveFloat, PositiveInt, Probability
 from cetl.data.training import TrainingData
 from cetl.errors import ConfigError
+from cetl.fisher.protection import Collectives
 from cetl.losses.classification import classification_loss
 from cetl.losses.distillation import fsp_loss, fsp_matrix, hint_loss, soft_target_loss
 from cetl.methods.base import Batch, Component, Method, Stage, Update
@@ -171,7 +172,7 @@ class KnowledgeDistillation(Method):
         (where reading target labels would make it an oracle)."""
         return "source" if setting == "domain_adaptation" else "target"
 
-    def prepare(self, data: TrainingData) -> None:
+    def prepare(self, data: TrainingData, world: Collectives) -> None:
         """Precompute the teacher's logits for every labelled image (S is frozen, inputs fixed)."""
         self._teacher_logits = torch.cat(
             [self.source.predict(chunk).float() for chunk in data.labelled.x.split(TEACHER_BATCH)]

@@ -22,7 +22,7 @@ reconstruction path and Adam 3e-4; ``bare`` is the paper's equations alone.
 
 DRCN is CETL without S: its reconstruction target is the image itself where CETL's (Eq. 5) is
 T1′(S(x)); so it reuses CETL's loss ``target_reconstruction_loss`` and the shared corruptions
-of ``cetl.methods.corruption``.
+of ``cetl.data.augment``.
 
 Note on λ: each term has its own optimiser (one per update, as in Algorithm 1), and Adam is
 nearly invariant to a constant factor on its loss, so with the default Adam λ mostly matters
@@ -39,10 +39,10 @@ from typing import Annotated, ClassVar, Literal
 from torch import Tensor, nn
 
 from cetl.config import MethodConfig, Probability, Range
+from cetl.data.augment import impulse_noise, random_affine
 from cetl.losses.classification import classification_loss
 from cetl.losses.reconstruction import target_reconstruction_loss
 from cetl.methods.base import Batch, Component, Method, Stage, Update
-from cetl.methods.corruption import impulse_noise, random_affine
 from cetl.networks import TapNetwork
 
 

@@ -17,6 +17,7 @@ from torch import Tensor, nn
 
 from cetl.config import MethodConfig, NonNegativeFloat, PositiveFloat, PositiveInt
 from cetl.data.training import TrainingData
+from cetl.fisher.protection import Collectives
 from cetl.losses.classification import classification_loss
 from cetl.losses.mmd import weighted_mmd
 from cetl.methods.base import Batch, Component, Method, Stage, Update
@@ -98,7 +99,7 @@ class WDAN(Method):
         self.register_buffer("class_weights", torch.ones(target_net.num_classes), persistent=False)
         self._data: TrainingData | None = None
 
-    def prepare(self, data: TrainingData) -> None:
+    def prepare(self, data: TrainingData, world: Collectives) -> None:
         self._data = data
 
     def stages(self, round_index: int) -> list[Stage]:

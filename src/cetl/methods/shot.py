@@ -45,6 +45,7 @@ from cetl.source import FrozenSource, InputTransform
 
 if TYPE_CHECKING:
     from cetl.data.training import TrainingData
+    from cetl.fisher.protection import Collectives
 
 LABEL_BATCH = 1024
 """Images per forward pass when pseudo-labelling the whole target set."""
@@ -126,7 +127,7 @@ class Shot(Method):
         self.register_buffer("pseudo_labels", torch.zeros(0, dtype=torch.long), persistent=False)
         self._target: Tensor | None = None
 
-    def prepare(self, data: TrainingData) -> None:
+    def prepare(self, data: TrainingData, world: Collectives) -> None:
         self._target = data.target
 
     def _forward(self, x: Tensor) -> tuple[Tensor, Tensor]:

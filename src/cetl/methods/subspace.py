@@ -43,6 +43,7 @@ from torch import Tensor, nn
 from cetl.config import MethodConfig, PositiveFloat, PositiveInt
 from cetl.data.training import TrainingData
 from cetl.errors import ConfigError
+from cetl.fisher.protection import Collectives
 from cetl.methods.base import Component, Method, Stage
 from cetl.networks import TapNetwork
 from cetl.networks.base import LOGITS, Dropout
@@ -257,7 +258,7 @@ class SA(Method):
         )
         self._data: TrainingData | None = None
 
-    def prepare(self, data: TrainingData) -> None:
+    def prepare(self, data: TrainingData, world: Collectives) -> None:
         self._data = data
 
     def stages(self, round_index: int) -> list[Stage]:

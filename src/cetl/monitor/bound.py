@@ -19,7 +19,7 @@ from collections.abc import Callable
 import torch
 from torch import Tensor, nn
 
-from cetl.data.digits import LabelledSet
+from cetl.data.labelled import LabelledSet
 from cetl.losses.mmd import squared_distances, weighted_mmd
 
 BOUND_KEYS = ("bound_lhs", "bound_rhs", "bound_e_s", "bound_d", "bound_m1", "bound_m2")

@@ -10,6 +10,9 @@ Most networks here are also described by a *layer spec*: a list of small frozen 
 encoder is built from the spec (:meth:`TapNetwork.from_spec`) and so is its mirrored decoder
 (:func:`cetl.networks.mirror.build_decoder`), so the two cannot drift apart. The same spec
 arithmetic decides which image sizes a network accepts.
+
+Why one file: the layer spec, its shape arithmetic and :class:`TapNetwork` are built from each
+other (the network and its mirrored decoder come from the same spec), so they change together.
 """
 
 from __future__ import annotations

@@ -19,7 +19,7 @@ from typing import Any
 from cetl.errors import ConfigError, RunError
 from cetl.experiments import resolve
 from cetl.experiments.paper import TEACHER, Cell, Table
-from cetl.runs import SUMMARY_FILE, read_summary
+from cetl.run_folder import SUMMARY_FILE, read_summary
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,10 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 from cetl.experiments.paper import TEACHER
-
-if TYPE_CHECKING:
-    from cetl.report.tables import CellResult, TableResult
+from cetl.report.results import CellResult, TableResult, cell_text
 
 
 def labels_per_class(summary: dict[str, Any]) -> float | None:
@@ -112,7 +110,6 @@ def paired_markdown(result: TableResult) -> str:
 def curve_markdown(result: TableResult, *, seeds: int) -> str:
     """Accuracy per row and column: mean ± std over seeds, ``(n=k)`` where seeds are missing,
     and why a cell has no run."""
-    from cetl.report.tables import cell_text  # tables imports this module
 
     table = result.table
     lines = ["| | " + " | ".join(table.columns) + " |", "|---|" + "---:|" * len(table.columns)]

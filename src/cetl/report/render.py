@@ -3,6 +3,9 @@
 Input is the list of ``summary.json`` dicts of the runs to compare; output is a
 Markdown table (measured vs paper) and PNG plots beside it. Formatting lives in
 small pure functions so tests can check the exact text.
+
+Why one file: every plot and table here renders the same summary dicts with the same formatting
+helpers and matplotlib setup; each function is small and pure.
 """
 
 from __future__ import annotations
@@ -15,8 +18,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from cetl.engine.checkpoint import atomic_write_bytes, atomic_write_text
 from cetl.experiments.paper import paper_accuracy
+from cetl.files import atomic_write_bytes, atomic_write_text
 
 METHOD_NOTES = {
     "target_only": "oracle: trained on target labels, which domain adaptation may not read",

@@ -3,7 +3,6 @@
 from cetl.source.adapters import (
     source_from_callable,
     source_from_network,
-    source_from_run,
     source_from_torchvision,
 )
 from cetl.source.cache import FeatureCache
@@ -18,7 +17,6 @@ __all__ = [
     "source_from_callable",
     "source_from_network",
     "source_from_onnx",
-    "source_from_run",
     "source_from_timm",
     "source_from_torchvision",
 ]

@@ -52,28 +52,6 @@ def source_from_network(
     return FrozenSource(net, extract=extract, description=f"{description} @{name}", classes=classes)
 
 
-def source_from_run(run_dir: Path, *, tap: str, temperature: float) -> FrozenSource:
-    """S from a finished run folder of this project (its selected weights, ``best.pt``)."""
-    from cetl.build import class_names, labelled_domain  # build and runs build methods that hold sources
-    from cetl.runs import load_target_net
-
-    config, net, _ = load_target_net(run_dir)
-    if not isinstance(net, TapNetwork):
-        raise ConfigError(
-            f"'{run_dir}' is a {config.method.name} run, whose network is a copy of its own source, "
-            f"not a project network with taps; use that run's source as S, or export it "
-            f"(cetl export) and use the ONNX file"
-        )
-    labelled = config.data.source if labelled_domain(config) == "source" else config.data.target
-    return source_from_network(
-        net,
-        tap=tap,
-        temperature=temperature,
-        description=f"run {run_dir}",
-        classes=class_names(labelled, net.num_classes),
-    )
-
-
 NORMALIZATIONS: dict[str, tuple[tuple[float, ...], tuple[float, ...]] | None] = {
     "none": None,
     "imagenet": ((0.485, 0.456, 0.406), (0.229, 0.224, 0.225)),

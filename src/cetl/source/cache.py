@@ -19,7 +19,7 @@ from safetensors.torch import load as load_safetensors
 from safetensors.torch import save as save_safetensors
 from torch import Tensor
 
-from cetl.engine.checkpoint import atomic_write_bytes
+from cetl.files import atomic_write_bytes
 from cetl.source.frozen import FrozenSource
 
 FEATURE_BATCH = 512

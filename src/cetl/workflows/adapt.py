@@ -6,8 +6,8 @@ or timm model, an ONNX file from any framework, or a run of this project — wit
 data and no fine-tuning of S.
 
 :func:`adapt` turns its arguments into an :class:`~cetl.config.ExperimentConfig` derived from
-the registered ``tl_any_to_own`` template (:mod:`cetl.experiments.adapt`) and trains it with
-:func:`cetl.runs.train_run`, the one way a run is trained; ``cetl adapt`` calls this same
+the registered ``tl_any_to_own`` template (:mod:`cetl.experiments.any_to_own`) and trains it with
+:func:`cetl.workflows.runs.train_run`, the one way a run is trained; ``cetl adapt`` calls this same
 function. Nothing here trains or builds networks itself: it checks the inputs (reading the
 data's headers and, for ``labels_per_class``, its training labels), *decides* (which source
 kind, protocol, network and budget) and hands over.
@@ -23,8 +23,11 @@ Rules it applies (``docs/adapt.md`` explains them for users):
 - **target_net="auto"**: grey → ``lenet`` (``drcn`` for the ``paper`` profile), colour → ``ci_cnn``.
 - **Few labels**: ``labels_per_class`` is ``data.target_labels_per_class``; all training images
   stay in the unlabelled stream. The classification stage runs enough epochs per round to make
-  :data:`~cetl.experiments.adapt.CLASSIFY_STEPS_PER_ROUND` steps (an epoch of 100 images is a
+  :data:`~cetl.experiments.any_to_own.CLASSIFY_STEPS_PER_ROUND` steps (an epoch of 100 images is a
   few steps), unless ``train.stage_epochs`` is given.
+
+Why one file: it is one decision procedure (source kind → protocol → network → budget) whose rules
+are documented together above; each rule is a small function.
 """
 
 from __future__ import annotations
@@ -142,7 +145,7 @@ def adapt(
         ConfigError, DataError, RunError: bad input; the message says what was expected.
     """
     from cetl.data.root import resolve_data_root
-    from cetl.runs import train_run
+    from cetl.workflows.runs import train_run
 
     root = resolve_data_root(data_root)
 
@@ -185,8 +188,8 @@ def adapt(
         )
         compared[baseline] = _baseline(baseline_config, folder, root, metrics)
     if compared:
-        from cetl.engine.checkpoint import atomic_write_json
-        from cetl.runs import SUMMARY_FILE
+        from cetl.files import atomic_write_json
+        from cetl.run_folder import SUMMARY_FILE
 
         metrics["baselines"] = compared
         atomic_write_json(run_dir / SUMMARY_FILE, metrics)
@@ -199,7 +202,8 @@ def _baseline(
     """Train (or reuse, when it finished with this very config) one baseline; its record."""
     key = "target_test_accuracy" if metrics.get("target_test_accuracy") is not None else "val_accuracy"
     from cetl.config import to_dict
-    from cetl.runs import LAST_CHECKPOINT, config_differences, read_config, read_summary, train_run
+    from cetl.run_folder import read_config, read_summary
+    from cetl.workflows.runs import LAST_CHECKPOINT, config_differences, train_run
 
     summary = read_summary(run_dir)
     if summary is not None and config_differences(to_dict(read_config(run_dir)), to_dict(config)):
@@ -243,10 +247,10 @@ def adapt_config(
     root :func:`adapt` trains with lets the label count here share the loader's cache).
     """
     from cetl.build import uses_source
-    from cetl.config import merge, parse_set_overrides
+    from cetl.config import parse_set_overrides
     from cetl.data.datasets import find_spec
-    from cetl.experiments import resolve
-    from cetl.experiments.adapt import NAME as ADAPT_EXPERIMENT
+    from cetl.experiments import merge_config, resolve
+    from cetl.experiments.any_to_own import NAME as ADAPT_EXPERIMENT
     from cetl.networks import NETWORKS
 
     config = resolve(ADAPT_EXPERIMENT, method=method, profile=profile, seed=seed)
@@ -269,12 +273,13 @@ def adapt_config(
     if labels_per_class is not None:
         _check_labels_per_class(dataset, labels_per_class, data_root)
         data["target_labels_per_class"] = labels_per_class
-    config = merge(config, {"data": data, "network": {"name": network}, "source": source_section})
+    config = merge_config(config, {"data": data, "network": {"name": network}, "source": source_section})
     user = [dict(overrides or {}), parse_set_overrides(list(sets))]
     for layer in user:
-        config = merge(config, layer)
+        config = merge_config(config, layer)
     if not any("stage_epochs" in (layer.get("train") or {}) for layer in user):
-        config = merge(config, {"train": {"stage_epochs": _classify_epochs(config, spec, labels_per_class)}})
+        epochs = _classify_epochs(config, spec, labels_per_class)
+        config = merge_config(config, {"train": {"stage_epochs": epochs}})
     if source is None and uses_source(config):
         raise ConfigError(
             f"method {config.method.name} borrows from a source network: give --source ({SOURCE_FORMS}); "
@@ -399,7 +404,7 @@ def _model_kind(spec: str) -> str:
 def _protocol(source_section: Mapping[str, Any], channels: int) -> str:
     """A run source's own protocol (S takes its images), else by the target's colour."""
     if source_section.get("kind") == "run":
-        from cetl.runs import read_config
+        from cetl.run_folder import read_config
 
         return RUN_PROTOCOLS[read_config(Path(source_section["path"])).data.protocol]
     return "drcn" if channels == 1 else "cifar"
@@ -434,7 +439,7 @@ def _check_labels_per_class(dataset: str, per_class: int, root: DataRoot | None)
 
 def _classify_epochs(config: ExperimentConfig, spec: Any, labels_per_class: int | None) -> int:
     """Classification epochs per round so that few labels still get enough steps (module docstring)."""
-    from cetl.experiments.adapt import classify_epochs
+    from cetl.experiments.any_to_own import classify_epochs
 
     if labels_per_class is None:
         return config.train.stage_epochs
@@ -449,10 +454,12 @@ def _classify_epochs(config: ExperimentConfig, spec: Any, labels_per_class: int 
 
 def _export_target_net(run_dir: Path) -> tuple[dict[str, Any], nn.Module]:
     """Write ``target_net.pt`` (state dict) and ``target_net.onnx`` atomically; note them in the summary."""
-    from cetl.engine.checkpoint import atomic_write_json, save_checkpoint
+    from cetl.build import load_target_net
+    from cetl.engine.checkpoint import save_checkpoint
     from cetl.errors import CetlError
-    from cetl.runs import SUMMARY_FILE, load_target_net, read_summary
-    from cetl.serve import export_run
+    from cetl.files import atomic_write_json
+    from cetl.run_folder import SUMMARY_FILE, read_summary
+    from cetl.workflows.serve import export_run
 
     _, net, _ = load_target_net(run_dir)
     save_checkpoint(run_dir / TARGET_NET_STATE, dict(net.state_dict()))

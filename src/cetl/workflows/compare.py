@@ -11,6 +11,9 @@ Cells live at ``OUT/<experiment>/<profile>/<method>/seed<N>`` (with the default 
 ``runs``, the folders ``cetl train`` uses), so finished cells are reused and an interrupted
 comparison resumes where it stopped. ``compare.json`` and ``compare.md`` are rewritten after
 every cell, atomically.
+
+Why one file: the cell machinery and the summaries of those cells (accuracy, term balance) are one
+workflow over one folder layout, reused as a whole by ``cetl reproduce``.
 """
 
 from __future__ import annotations
@@ -26,21 +29,23 @@ from pathlib import Path
 from typing import Any
 
 from cetl.build import uses_source
-from cetl.config import ExperimentConfig, merge, to_dict
+from cetl.config import ExperimentConfig, to_dict
 from cetl.data.root import DataRoot
 from cetl.engine import distributed
 from cetl.engine.balance import INERT_RATIO
-from cetl.engine.checkpoint import atomic_write_json, atomic_write_text
 from cetl.engine.logging import format_eta
 from cetl.errors import ConfigError, RunError
-from cetl.experiments import resolve
+from cetl.experiments import merge_config, resolve
 from cetl.experiments.paper import paper_accuracy
+from cetl.files import atomic_write_json, atomic_write_text
 from cetl.methods import METHODS
 from cetl.report.collect import Run
 from cetl.report.regret import regret_markdown
 from cetl.report.render import format_ratio
-from cetl.report.tables import plot_balance_and_stages, sample_std
-from cetl.runs import LAST_CHECKPOINT, config_differences, data_mismatch, read_config, read_summary, train_run
+from cetl.report.results import sample_std
+from cetl.report.tables import plot_balance_and_stages
+from cetl.run_folder import read_config, read_summary
+from cetl.workflows.runs import LAST_CHECKPOINT, config_differences, data_mismatch, train_run
 
 ORACLE_METHODS = frozenset({"target_only"})
 """Methods that read target labels: in domain adaptation an upper bound, never a result."""
@@ -126,12 +131,12 @@ def cell_config(
         teacher = config.source.network
         folder = "source_only" if teacher in (None, config.network.name) else f"source_only-{teacher}"
         shared_s = cell_dir(out, experiment, profile, folder, seed)
-        config = merge(config, {"source": {"path": str(shared_s)}})
+        config = merge_config(config, {"source": {"path": str(shared_s)}})
     elif config.source.kind == "experiment" and config.source.experiment:
         # One S per seed for every study that borrows it (Table 3's CI-CNN, the label-efficiency
         # curves): the DA comparison of that experiment in this out reuses it as its own.
         shared_s = cell_dir(out, config.source.experiment, profile, "source_only", seed)
-        config = merge(config, {"source": {"path": str(shared_s)}})
+        config = merge_config(config, {"source": {"path": str(shared_s)}})
     return config
 
 

@@ -22,7 +22,7 @@ from pathlib import Path
 
 from cetl.data.root import ENV_VAR, DataRoot, resolve_data_root, sample_root
 from cetl.report.curve import curve_markdown, paired_markdown
-from cetl.reproduce import MANIFEST_FILE, collect, get_table, report_from_manifest, reproduce
+from cetl.workflows.reproduce import MANIFEST_FILE, collect, get_table, report_from_manifest, reproduce
 
 DEMO_TABLE = "label_efficiency_demo"
 """The ``label_efficiency_mn_to_us`` column of 10 labels per class, rows S, ``target_only``,

@@ -14,7 +14,8 @@ from pathlib import Path
 from cetl.errors import ConfigError, RunError
 from cetl.experiments.paper import TABLES
 from cetl.report.collect import device_counts, find_runs, match_cells, pick_profile
-from cetl.report.tables import CellResult, Header, TableResult, measured_runs, write_table_report
+from cetl.report.results import CellResult, TableResult
+from cetl.report.tables import Header, measured_runs, write_table_report
 
 DEFAULT_OUT = Path("report")
 MISSING = "missing: no finished run in the folders given"
@@ -27,7 +28,7 @@ def build_report(paths: Sequence[Path], *, out: Path | None = None, profile: str
         ConfigError: a reproduce folder mixed with other paths, or runs of several profiles.
         RunError: a path without finished runs, or runs that belong to no paper table.
     """
-    from cetl.reproduce import is_reproduction, report_from_manifest
+    from cetl.workflows.reproduce import is_reproduction, report_from_manifest
 
     if any(is_reproduction(path) for path in paths):
         if len(paths) != 1:

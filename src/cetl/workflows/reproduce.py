@@ -1,16 +1,19 @@
 """``cetl reproduce TABLE``: run a paper table's cells × seeds, then report them beside the paper.
 
-Every (cell, seed) trains through ``cetl compare``'s cell machinery (:func:`cetl.compare.run_cell`:
+Every (cell, seed) trains through ``cetl compare``'s cell machinery (:func:`cetl.workflows.compare.run_cell`:
 the same config resolution, the same folders ``OUT/<experiment>/<profile>/<method>/seed<N>``,
 S shared per seed, a finished cell reused and one finished with another config refused), so a
 reproduction resumes where it stopped and reuses cells a comparison already trained. Table 4's
-"Teacher" is S itself, trained (once) by :func:`cetl.runs.ensure_source_run`.
+"Teacher" is S itself, trained (once) by :func:`cetl.workflows.runs.ensure_source_run`.
 
 Before anything trains, every cell is planned: a cell that cannot run here (a dataset the data
 root lacks, pretrained weights not in the torch hub cache) is marked ``not run`` with the reason,
 asked of the data layer itself, instead of failing hours in. The report (``report.md``,
 ``results.json``, plots) and ``reproduce.json`` (what was asked, on which machine, why cells did
 not run) go to ``OUT/<table>/<profile>/``; ``cetl report`` re-renders them from there.
+
+Why one file: planning, running and reporting a table share the table's cell list and folder
+layout; a split would pass that state between modules.
 """
 
 from __future__ import annotations
@@ -29,34 +32,29 @@ from pathlib import Path
 from typing import Any
 
 from cetl.build import uses_source
-from cetl.compare import cell_config, cell_differences, cell_dir, finished_cell, format_eta, run_cell
 from cetl.config import ExperimentConfig
 from cetl.data.datasets import find_spec, is_custom
 from cetl.data.root import ENV_VAR, DataRoot
 from cetl.engine import distributed
-from cetl.engine.checkpoint import atomic_write_json
 from cetl.errors import CetlError, ConfigError, RunError
 from cetl.experiments.label_efficiency import STUDIES
 from cetl.experiments.paper import TABLES, TEACHER, Cell, Table
+from cetl.files import atomic_write_json
 from cetl.methods import METHODS
 from cetl.registry import did_you_mean
 from cetl.report.collect import Run, device_counts
-from cetl.report.tables import (
-    CellResult,
-    Header,
-    TableResult,
-    format_duration,
-    measured_runs,
-    write_table_report,
+from cetl.report.results import CellResult, TableResult
+from cetl.report.tables import Header, format_duration, measured_runs, write_table_report
+from cetl.run_folder import CONFIG_FILE, read_config, read_summary, source_run_config
+from cetl.workflows.compare import (
+    cell_config,
+    cell_differences,
+    cell_dir,
+    finished_cell,
+    format_eta,
+    run_cell,
 )
-from cetl.runs import (
-    CONFIG_FILE,
-    LAST_CHECKPOINT,
-    ensure_source_run,
-    read_config,
-    read_summary,
-    source_run_config,
-)
+from cetl.workflows.runs import LAST_CHECKPOINT, ensure_source_run
 
 MANIFEST_FILE = "reproduce.json"
 STUDENT_OF_TEACHER = "cetl"

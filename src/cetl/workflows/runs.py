@@ -1,11 +1,5 @@
-"""Run folders: train one, resume one, reload one.
-
-A run folder holds everything needed to trust and repeat a result:
-
-- ``config.yaml``: the resolved config (``cetl train RUN/config.yaml`` reruns it);
-- ``metrics.jsonl`` and ``tensorboard/``: training and evaluation records;
-- ``last.pt`` (resume point) and ``best.pt`` (the selected weights);
-- ``summary.json``: the result, written last, so its presence means "finished".
+"""Run folders: train one, resume one, re-evaluate one (what a folder holds, and reading it
+back, is :mod:`cetl.run_folder`).
 
 All files are written atomically; ``--resume`` continues from the last finished round.
 In domain adaptation S for seed s *is* the ``source_only`` run of seed s (METHOD.md §9):
@@ -17,7 +11,6 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import json
-import os
 import shutil
 import sys
 import tempfile
@@ -25,42 +18,33 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import yaml
-from torch import nn
 
-from cetl import __version__
 from cetl.build import (
-    DataInfo,
     build_method,
     build_source,
-    build_target_net,
     build_training_data,
     labelled_domain,
+    load_target_net,
     uses_source,
 )
-from cetl.config import ExperimentConfig, dump_yaml, merge, to_dict
+from cetl.config import ExperimentConfig, dump_yaml, to_dict
 from cetl.data.datasets import dataset_variant, is_custom
-from cetl.data.digits import PROTOCOLS
-from cetl.data.natural import protocol_num_classes
-from cetl.data.root import ENV_VAR, DataRoot, resolve_data_root, sample_root
+from cetl.data.root import DataRoot
 from cetl.engine import distributed
-from cetl.engine.checkpoint import atomic_write_json, atomic_write_text, load_checkpoint
 from cetl.engine.loop import BEST_CHECKPOINT, LAST_CHECKPOINT, accuracy, resolve_device, train
 from cetl.errors import CetlError, ConfigError, RunError
-from cetl.experiments import EXPERIMENTS
-from cetl.methods import METHODS
+from cetl.files import atomic_write_json, atomic_write_text
+from cetl.run_folder import (
+    CONFIG_FILE,
+    DATA_ROOT_FILE,
+    SUMMARY_FILE,
+    read_config,
+    read_summary,
+    source_run_config,
+    source_run_dir,
+)
+from cetl.version import __version__
 
-CONFIG_FILE = "config.yaml"
-SUMMARY_FILE = "summary.json"
-
-
-def default_run_dir(config: ExperimentConfig) -> Path:
-    """``runs/<experiment>/<profile>/<method>/seed<N>``: one folder per comparable cell."""
-    return Path("runs") / config.experiment / config.profile / config.method.name / f"seed{config.seed}"
-
-
-DATA_ROOT_FILE = "data_root.json"
-"""The data root a run read (``path``, ``origin``), written when it starts."""
 RUN_FILES = (
     CONFIG_FILE,
     SUMMARY_FILE,
@@ -158,44 +142,6 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     if prefix[:-1] in DISPLAY_KEYS:
         return []
     return [] if old == new else [f"{prefix[:-1]} ({old!r} → {new!r})"]
-
-
-def source_run_config(config: ExperimentConfig) -> ExperimentConfig:
-    """The ``source_only`` config whose selected model is S for ``config`` (METHOD.md §9).
-
-    The experiment's profile defaults with this run's data, network and seed: every coupling
-    method of one seed shares one S, and ``cetl train ...
-    --method source_only`` with the same overrides trains the very same run, so "CETL vs
-    source only" is a paired comparison. With ``source.network`` set
-    (the distillation teacher, METHOD.md §5), S is trained as that network instead.
-    """
-    if config.source.kind == "experiment":  # S is another experiment's own run (Table 3's CI-CNN)
-        if not config.source.experiment:
-            raise RunError("source.kind=experiment needs source.experiment, e.g. pretrain_cicnn_cifar100")
-        # S is that experiment's source_only run (the pretrain_* experiments are nothing else).
-        return merge(
-            EXPERIMENTS.get(config.source.experiment)(config.profile),
-            {"method": {"name": "source_only"}, "seed": config.seed},
-        )
-    base = EXPERIMENTS.get(config.experiment)(config.profile)
-    base = merge(base, {"method": {"name": "source_only"}, "seed": config.seed})
-    network = config.network
-    if config.source.network is not None:
-        network = dataclasses.replace(config.network, name=config.source.network)
-    data = dataclasses.replace(config.data, transductive=False, target_labels_per_class=0)
-    return dataclasses.replace(base, data=data, network=network)
-
-
-def source_run_dir(config: ExperimentConfig, expected: ExperimentConfig) -> Path:
-    """Where S's run lives: ``source.path``, else the ``source_only`` folder of ``expected``,
-    named ``source_only-<network>`` when S is another network than T2 (a teacher), so that the
-    teacher and ``--method source_only`` with T2's network never share a folder."""
-    if config.source.path:
-        return Path(config.source.path)
-    path = default_run_dir(expected)
-    if expected.network.name != config.network.name:
-        path = path.parent.with_name(f"source_only-{expected.network.name}") / path.name
-    return path
 
 
 def data_mismatch(summary: dict[str, Any], data_root: DataRoot) -> str | None:
@@ -381,85 +327,6 @@ def _stage_seconds(run_dir: Path) -> dict[str, float]:
         if record.get("kind") == "stage":
             totals[record["stage"]] = round(totals.get(record["stage"], 0.0) + record["seconds"], 2)
     return totals
-
-
-def read_config(run_dir: Path) -> ExperimentConfig:
-    """The config a run folder was trained with."""
-    path = run_dir / CONFIG_FILE
-    if not path.is_file():
-        raise RunError(f"'{run_dir}' is not a cetl run folder: it has no {CONFIG_FILE}")
-    saved = yaml.safe_load(path.read_text(encoding="utf-8"))
-    if not isinstance(saved, dict) or "experiment" not in saved or "profile" not in saved:
-        raise RunError(f"'{path}' is not a cetl run config (it lacks 'experiment' or 'profile')")
-    base = EXPERIMENTS.get(saved.pop("experiment"))(saved.pop("profile"))
-    return merge(base, saved)
-
-
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
-    """A finished run's ``summary.json``, or ``None`` while the run is unfinished."""
-    path = run_dir / SUMMARY_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
-
-
-def run_data_root(run_dir: Path, explicit: str | None) -> DataRoot:
-    """The data root to resume or re-read a run with: ``explicit`` (``--data-root``), else
-    ``$CETL_DATA_ROOT``, else the root the run recorded when it started (so a resume hint works
-    in a new shell), else the download cache."""
-    if explicit or os.environ.get(ENV_VAR):
-        return resolve_data_root(explicit)
-    recorded = run_dir / DATA_ROOT_FILE
-    if recorded.is_file():
-        saved = json.loads(recorded.read_text(encoding="utf-8"))
-        if saved.get("origin") == "sample":
-            return sample_root()
-        if saved.get("origin") != "cache":
-            return DataRoot(Path(saved["path"]), "run", download=False)
-    summary = read_summary(run_dir)  # runs from before data_root.json
-    if summary is not None and summary.get("data_root_origin") == "sample":
-        return sample_root()
-    return resolve_data_root(None)
-
-
-def load_target_net(run_dir: Path) -> tuple[ExperimentConfig, nn.Module, DataInfo]:
-    """T2 of a finished run with its selected weights, in eval mode: a :class:`TapNetwork`, or
-    for ``fine_tune`` the fine-tuned copy of S behind S's input transform (images → logits)."""
-    config = read_config(run_dir)
-    protocol = PROTOCOLS[config.data.protocol]
-    info = DataInfo(
-        num_classes=protocol_num_classes(config.data.target, protocol),
-        channels=protocol.channels,
-        image_size=protocol.image_size,
-        sizes={},
-        notes=(),
-    )
-    states = load_checkpoint(run_dir / BEST_CHECKPOINT).get("networks", {})
-    if "target_net" not in states and hasattr(METHODS.get(config.method.name), "exportable"):
-        return config, _load_copy_of_source(config, info, states), info
-    net = build_target_net(config, info)
-    if "target_net" not in states:
-        raise RunError(f"'{run_dir / BEST_CHECKPOINT}' holds no target network weights")
-    net.load_state_dict(states["target_net"])
-    return config, net.eval(), info
-
-
-def _load_copy_of_source(config: ExperimentConfig, info: DataInfo, states: dict[str, Any]) -> nn.Module:
-    """The network of a method that trains a copy of S (``fine_tune``, ``shot``): rebuilt from S
-    (which must still be where the run found it) with the run's selected weights, behind S's
-    input transform (the method's ``exportable()``)."""
-    source_dir = None
-    if config.source.path:
-        source_dir = Path(config.source.path)
-    elif config.source.kind in ("source_only", "experiment"):
-        source_dir = source_run_dir(config, source_run_config(config))
-    if source_dir is not None and read_summary(source_dir) is None:
-        raise RunError(
-            f"this {config.method.name} run's network is a copy of S, rebuilt from S's run, but "
-            f"'{source_dir}' holds no finished run; put S's run folder back there"
-        )
-    method = build_method(config, info, source=build_source(config.source, run_dir=source_dir))
-    for name, network in method.trainable_networks().items():
-        network.load_state_dict(states[name])
-    return method.exportable().eval()
 
 
 def evaluate_run(run_dir: Path, *, data_root: DataRoot) -> dict[str, Any]:

@@ -11,12 +11,12 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
+from cetl.build import load_target_net
 from cetl.config import ExperimentConfig
 from cetl.data.datasets import RawSplit
-from cetl.data.digits import PROTOCOLS, to_protocol
-from cetl.engine.checkpoint import atomic_output
+from cetl.data.protocols import PROTOCOLS, to_protocol
 from cetl.errors import CetlError
-from cetl.runs import load_target_net
+from cetl.files import atomic_output
 
 
 def read_images(paths: list[Path], config: ExperimentConfig) -> Tensor:

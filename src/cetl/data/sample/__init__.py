@@ -6,7 +6,7 @@
 - USPS train: the 1,800 images the ADDA protocol draws (``split_seed`` 0), in that order;
 - MNIST test (10,000) and USPS test (2,007): the full test sets.
 
-Because the training subsets are stored in the order :func:`cetl.data.digits.seeded_subset`
+Because the training subsets are stored in the order :func:`cetl.data.subsets.seeded_subset`
 draws them, the ``adda`` protocol on the sample sees exactly the images it sees on the full
 data. ``scripts/make_sample.py`` rebuilds the file from a torchvision-layout data root.
 """

@@ -20,8 +20,24 @@ def sample_std(values: Sequence[float]) -> float:
     return statistics.stdev(values) if len(values) > 1 else 0.0
 
 
+class SeedStatistics:
+    """Mean and sample standard deviation of a row's per-seed ``accuracies`` (%), for every
+    table that reports a method over seeds."""
+
+    accuracies: tuple[float, ...]
+
+    @property
+    def mean(self) -> float:
+        return statistics.fmean(self.accuracies)
+
+    @property
+    def std(self) -> float:
+        """Sample standard deviation over seeds (0 for one seed)."""
+        return sample_std(self.accuracies)
+
+
 @dataclass(frozen=True)
-class CellResult:
+class CellResult(SeedStatistics):
     """One cell: its finished runs (one per seed), or why it has none."""
 
     cell: Cell
@@ -37,15 +53,6 @@ class CellResult:
     def accuracies(self) -> tuple[float, ...]:
         """Per seed, in %: the selected model's target test accuracy."""
         return tuple(100 * run.summary["target_test_accuracy"] for run in self.runs)
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.accuracies)
-
-    @property
-    def std(self) -> float:
-        """Sample standard deviation over seeds (0 for one seed)."""
-        return sample_std(self.accuracies)
 
     @property
     def selected_by(self) -> str:

@@ -42,7 +42,7 @@ from cetl.methods import METHODS
 from cetl.report.collect import Run
 from cetl.report.regret import regret_markdown
 from cetl.report.render import format_ratio
-from cetl.report.results import sample_std
+from cetl.report.results import SeedStatistics
 from cetl.report.tables import plot_balance_and_stages
 from cetl.run_folder import read_config, read_summary
 from cetl.workflows.runs import LAST_CHECKPOINT, config_differences, data_mismatch, train_run
@@ -52,7 +52,7 @@ ORACLE_METHODS = frozenset({"target_only"})
 
 
 @dataclass(frozen=True)
-class MethodRow:
+class MethodRow(SeedStatistics):
     """One method's results over the seeds of a comparison (accuracies in %)."""
 
     method: str
@@ -64,15 +64,6 @@ class MethodRow:
     classify_steps: int
     wall_seconds: float
     paper: float | None
-
-    @property
-    def mean(self) -> float:
-        return statistics.fmean(self.accuracies)
-
-    @property
-    def std(self) -> float:
-        """Sample standard deviation (0 for one seed)."""
-        return sample_std(self.accuracies)
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from cetl.build import DataInfo, build_method
-from cetl.config import OptimizerConfig, TrainConfig
+from cetl.config import EngineConfig, OptimizerConfig, TrainConfig
 from cetl.data.synthetic import synthetic_training_data
 from cetl.engine import loop
 from cetl.experiments import resolve
@@ -46,7 +46,14 @@ def make_method(
     return build_method(config, info, source=(source or make_source()) if takes_source else None)
 
 
-def train_synthetic(method: Method, run_dir: Path, *, train: TrainConfig = TRAIN, resume: bool = False):
+def train_synthetic(
+    method: Method,
+    run_dir: Path,
+    *,
+    train: TrainConfig = TRAIN,
+    resume: bool = False,
+    engine: EngineConfig | None = None,
+):
     """The engine on the synthetic data with Adam 1e-3 and seed 0."""
     return loop.train(
         method,
@@ -56,6 +63,7 @@ def train_synthetic(method: Method, run_dir: Path, *, train: TrainConfig = TRAIN
         seed=0,
         run_dir=run_dir,
         resume=resume,
+        engine_config=engine,
     )
 
 

@@ -21,7 +21,7 @@ from torch import nn
 import cetl.fisher.estimate as estimate_module
 import cetl.fisher.protection as protection_module
 from cetl.build import DataInfo, build_method
-from cetl.config import EngineConfig, OptimizerConfig, TrainConfig
+from cetl.config import EngineConfig, OptimizerConfig
 from cetl.data.synthetic import synthetic_training_data
 from cetl.engine import loop
 from cetl.engine.distributed import SINGLE
@@ -37,6 +37,7 @@ from cetl.networks import NETWORKS
 from cetl.source import FeatureCache, FrozenSource, InputTransform, source_from_network
 from cetl.source.cache import cache_key
 from cetl.source.frozen import penultimate_extractor
+from helpers import make_method, make_source, train_synthetic
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -215,23 +216,8 @@ def test_engine_compile_wraps_each_loss_function_once(
         return fn
 
     def run(engine: EngineConfig, run_dir: Path):
-        config = resolve("digits_mn_to_us", method="cetl_e", profile="smoke")
-        info = DataInfo(num_classes=4, channels=1, image_size=28, sizes={}, notes=())
-        torch.manual_seed(7)
-        net = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=4)
-        source = source_from_network(net, tap="coupling", temperature=4.0, description="test lenet")
-        method = build_method(config, info, source=source)
-        train = TrainConfig(rounds=2, batch_size=16, max_steps_per_epoch=2, tensorboard=False, progress=False)
-        loop.train(
-            method,
-            synthetic_training_data(),
-            train_config=train,
-            optimizer_config=OptimizerConfig(lr=1e-3),
-            seed=0,
-            run_dir=run_dir,
-            resume=False,
-            engine_config=engine,
-        )
+        method = make_method("cetl_e", source=make_source())
+        train_synthetic(method, run_dir, engine=engine)
         return method.target_net.state_dict()
 
     monkeypatch.setattr(torch, "compile", fake_compile)

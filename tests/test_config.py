@@ -42,7 +42,7 @@ def test_literal_fields_list_the_choices():
         resolve("digits_mn_to_us", sets=["data.protocol=adaa"])
     assert str(error.value) == (
         "invalid value 'adaa' for 'data.protocol'; did you mean 'adda'? "
-        "expected one of: 'drcn', 'adda', 'cifar', 'cifar10s', 'stl_cifar'"
+        "expected one of: 'drcn', 'adda', 'tllib', 'cifar', 'cifar10s', 'stl_cifar'"
     )
 
 

@@ -22,6 +22,8 @@ INPUTS: dict[str, tuple[int, tuple[int, ...]]] = {
     "drcn_k5": (1, (32,)),
     "drcn_bn": (1, (32,)),
     "lenet": (1, (28, 32)),
+    "lenet_tllib": (1, (28,)),
+    "lenet_tllib_bottleneck": (1, (28,)),
     "ci_cnn": (3, (32,)),
     "resnet26": (3, (32,)),
 }
@@ -177,6 +179,9 @@ def test_unpadded_convs_mirror_to_transposed_convs() -> None:
         ("lenet", 32, 656_080),
         # as lenet-32 but fc1 takes 800 = 50·4·4 inputs: 1250·500 → 800·500
         ("lenet", 28, 431_080),
+        ("lenet_tllib", 28, 431_080),  # the same layers; normalisation has no parameters
+        # + bottleneck 500·256 (no bias under BatchNorm) + BatchNorm 2·256, head 256·10+10
+        ("lenet_tllib_bottleneck", 28, 431_080 - 5_010 + 128_000 + 512 + 2_570),
         ("ci_cnn", 32, 3_721_642),
         ("resnet26", 32, 366_938),
     ],
@@ -231,3 +236,19 @@ def test_decoder_with_every_output_below_zero_recovers() -> None:
         optimizer.step()
         losses.append(loss.item())
     assert losses[-1] < 0.5 * losses[0], losses
+
+
+def test_tllib_lenet_is_lenet_on_normalised_inputs() -> None:
+    """Same weights, same outputs, as ``lenet`` fed ``(x − 0.5) / 0.5``: the recipe's input map,
+    inside the network, while T1 still reconstructs the [0, 1] image."""
+    tllib = _net("lenet_tllib", 28).eval()
+    plain = NETWORKS.get("lenet")(in_channels=1, image_size=28, num_classes=NUM_CLASSES).eval()
+    plain.load_state_dict(tllib.state_dict())
+    x = _images(tllib)
+    with torch.no_grad():
+        torch.testing.assert_close(tllib(x), plain((x - 0.5) / 0.5))
+    assert "normalize" not in tllib.tap_names()
+    decoder_layers = [name for name, _ in build_decoder(tllib).named_children()]
+    assert "normalize" not in decoder_layers and decoder_layers[-1] == "clip"
+    bottleneck = _net("lenet_tllib_bottleneck", 28)
+    assert bottleneck.coupling_tap == "bottleneck" and bottleneck.tap_shape("bottleneck") == (256,)

@@ -88,8 +88,9 @@ class DataConfig:
     """Labelled source dataset (a ``cetl list datasets`` name)."""
     target: str = "usps"
     """Target dataset; in domain adaptation its training labels are never read."""
-    protocol: Literal["drcn", "adda", "cifar", "cifar10s", "stl_cifar"] = "drcn"
+    protocol: Literal["drcn", "adda", "tllib", "cifar", "cifar10s", "stl_cifar"] = "drcn"
     """``drcn``: full sets, 32×32 grey in [0,1]. ``adda``: 2,000 MNIST / 1,800 USPS, 28×28.
+    ``tllib``: full sets, 28×28 grey (TLlib's digits; its normalisation is in its networks).
     ``cifar``: 32×32 RGB. ``cifar10s``: a stratified 20% of CIFAR-10's training set.
     ``stl_cifar``: the 9 classes STL-10 and CIFAR-10 share, 32×32 RGB (METHOD.md §8)."""
     source_train_limit: PositiveInt | None = None
@@ -183,6 +184,15 @@ class OptimizerConfig:
     weight_decay: NonNegativeFloat = 0.0
     momentum: Annotated[float, Range(ge=0, lt=1)] = 0.9
     """Only used by ``sgd``."""
+    nesterov: bool = False
+    """Nesterov momentum (``sgd`` only; TLlib's recipes use it)."""
+    anneal_alpha: NonNegativeFloat = 0.0
+    """α of the run-wide learning-rate annealing ``μ_p = μ_0 / (1 + α p)^β``, p the fraction of
+    training done (DANN §5.2.2's form; TLlib's ``lr · (1 + γ·step)^-0.75`` is α = γ × total
+    steps). 0 keeps the rate constant. A method with its own schedule (``dann``'s
+    ``method.lr_anneal_alpha``) keeps it for its updates."""
+    anneal_beta: NonNegativeFloat = 0.75
+    """β of the annealing."""
     beta1: Annotated[float, Range(ge=0, lt=1)] = 0.9
     """Adam's β1 (``adam``, ``adamw``); β2 stays 0.999."""
     max_grad_norm: PositiveFloat | None = None

@@ -6,6 +6,9 @@ protocol, so a protocol is data here, pinned per experiment:
 - ``drcn`` (Table 5's): full training sets, every image 32×32 grey in [0,1]
   (USPS up-sampled full frame, SVHN converted to grey);
 - ``adda`` ("p"): 2,000 MNIST / 1,800 USPS training images at 28×28;
+- ``tllib`` (TLlib's digits, ``examples/domain_adaptation/image_classification``): full
+  training sets at 28×28 grey (USPS up-sampled full frame); TLlib's mean 0.5 / std 0.5
+  normalisation is the first layer of its networks (``lenet_tllib``), so the data stays in [0, 1];
 - ``cifar``: every image 32×32 RGB (CIFAR-10/100 as stored; KD);
 - ``cifar10s`` (CIFAR-10-s, Table 2/3): 32×32 RGB, a stratified 20% of CIFAR-10's
   training images, all test images;
@@ -53,6 +56,7 @@ is dropped too). Index i here is label i of the ``stl_cifar`` protocol."""
 PROTOCOLS: dict[str, Protocol] = {
     "drcn": Protocol("drcn", image_size=32, channels=1),
     "adda": Protocol("adda", image_size=28, channels=1, train_counts={"mnist": 2000, "usps": 1800}),
+    "tllib": Protocol("tllib", image_size=28, channels=1),
     "cifar": Protocol("cifar", image_size=32, channels=3),
     "cifar10s": Protocol("cifar10s", image_size=32, channels=3, train_fractions={"cifar10": 0.2}),
     "stl_cifar": Protocol(

@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import functools
 import math
 import sys
 import time
@@ -46,7 +47,7 @@ from cetl.engine.logging import MetricsLog, NullLog, RunClock, progress
 from cetl.engine.nonfinite import NonFiniteWatch
 from cetl.engine.validators import applicable_rules, check_selection, selection_score, unsupervised_scores
 from cetl.errors import ConfigError, RunError
-from cetl.methods.base import Batch, Method, Stage, Stream, Update
+from cetl.methods.base import Batch, Method, Stage, Stream, Update, inverse_decay
 from cetl.seeding import seeded_generator
 
 LAST_CHECKPOINT = "last.pt"
@@ -124,8 +125,17 @@ def make_optimizer(
         adam = torch.optim.Adam if config.name == "adam" else torch.optim.AdamW
         betas = (config.beta1, 0.999)
         return adam(parameters, lr=config.lr, betas=betas, weight_decay=config.weight_decay, fused=fused)
+    if config.nesterov and config.momentum == 0:
+        raise ConfigError(
+            "optimizer.nesterov needs momentum: set optimizer.momentum above 0 (e.g. 0.9) or "
+            "optimizer.nesterov=false"
+        )
     return torch.optim.SGD(
-        parameters, lr=config.lr, momentum=config.momentum, weight_decay=config.weight_decay
+        parameters,
+        lr=config.lr,
+        momentum=config.momentum,
+        weight_decay=config.weight_decay,
+        nesterov=config.nesterov,
     )
 
 
@@ -373,9 +383,17 @@ def train(
     compiled: dict[Callable[[Batch], dict[str, Tensor]], Callable[[Batch], dict[str, Tensor]]] = {}
 
     def engine_update(update: Update) -> Update:
-        """``update`` with its loss function compiled (``engine.compile``): the forward pass through
-        the trainable networks and the losses become one graph, with a compiled backward; the
-        optimiser step stays outside (fused on CUDA). Keyed by the loss function, so rounds reuse it."""
+        """``update`` as the engine runs it: annealed by the run's ``optimizer.anneal_alpha`` unless
+        the method brought its own schedule, and with its loss function compiled
+        (``engine.compile``): the forward pass through the trainable networks and the losses
+        become one graph, with a compiled backward; the optimiser step stays outside (fused on
+        CUDA). Compiled functions are keyed by the loss function, so rounds reuse them."""
+        settings = dataclasses.replace(optimizer_config, **update.optimizer)
+        if update.lr_factor is None and settings.anneal_alpha > 0:
+            schedule = functools.partial(
+                inverse_decay, alpha=settings.anneal_alpha, beta=settings.anneal_beta
+            )
+            update = dataclasses.replace(update, lr_factor=schedule)
         if not engine.compile:
             return update
         if update.losses not in compiled:

@@ -13,15 +13,26 @@ from typing import Any
 
 from cetl.config import PROFILES, ExperimentConfig, merge, parse_set_overrides, read_yaml
 from cetl.errors import ConfigError
-from cetl.experiments import any_to_own, digits, distillation, label_efficiency, natural, transfer
+from cetl.experiments import (
+    any_to_own,
+    digits,
+    distillation,
+    label_efficiency,
+    natural,
+    tllib_digits,
+    transfer,
+)
 from cetl.methods import method_config_class
 from cetl.registry import Registry, did_you_mean
 
 ExperimentFn = Callable[[str], ExperimentConfig]
 EXPERIMENTS: Registry[ExperimentFn] = Registry("experiment", contract="fn(profile: str) -> ExperimentConfig")
-for _module in (digits, natural, distillation, transfer, any_to_own, label_efficiency):
+for _module in (digits, tllib_digits, natural, distillation, transfer, any_to_own, label_efficiency):
     for _name, _fn in _module.EXPERIMENTS.items():
         EXPERIMENTS.add(_name, _fn)
+METHOD_POLICIES: dict[str, dict[str, dict[str, Any]]] = dict(tllib_digits.POLICIES)
+"""Experiment → method → overrides that experiment applies when a run picks that method (a
+published recipe's per-method optimiser and network, e.g. TLlib's ``erm``/``dann`` settings)."""
 
 DEFAULT_PROFILE = "quick"
 
@@ -47,9 +58,10 @@ def resolve(
 ) -> ExperimentConfig:
     """The validated config for a command line.
 
-    Precedence, lowest first: the experiment's profile defaults, the YAML file, ``--method``,
-    ``--seed``, then ``--set`` overrides. A ``--method`` that differs from the file's method
-    starts from that method's defaults.
+    Precedence, lowest first: the experiment's profile defaults, its policy for the chosen
+    method (:data:`METHOD_POLICIES`), the YAML file, ``--method``, ``--seed``, then ``--set``
+    overrides. A ``--method`` that differs from the file's method starts from that method's
+    defaults (and policy).
 
     Raises:
         ConfigError: unknown experiment, profile, method or key, or a wrong type.
@@ -74,11 +86,24 @@ def resolve(
             f"known profiles: {', '.join(PROFILES)}"
         )
     config = EXPERIMENTS.get(name)(profile)
+    file_method = file_overrides.get("method", {})
+    chosen = method or (file_method.get("name") if isinstance(file_method, dict) else None)
+    config = _with_policy(config, name, chosen or config.method.name)
     config = merge_config(config, file_overrides)
-    if method is not None:
+    if method is not None and config.method.name != method:
         config = merge_config(config, {"method": {"name": method}})
+        config = _with_policy(config, name, method)
     if seed is not None:
         config = merge_config(config, {"seed": seed})
     if sets:
         config = merge_config(config, parse_set_overrides(sets))
     return config
+
+
+def _with_policy(config: ExperimentConfig, experiment: str, method: str) -> ExperimentConfig:
+    """``config`` with ``experiment``'s policy for ``method`` applied (unchanged without one)."""
+    policy = METHOD_POLICIES.get(experiment, {}).get(method)
+    if policy is None:
+        return config
+    sections = {key: value for key, value in policy.items() if key != "method"}
+    return merge_config(config, {"method": {"name": method, **policy.get("method", {})}, **sections})

@@ -23,7 +23,7 @@ from cetl.config import MethodConfig, NonNegativeFloat, PositiveFloat, PositiveI
 from cetl.errors import ConfigError
 from cetl.losses.adversarial import domain_loss, grad_reverse, grl_coefficient, inverted_label_loss
 from cetl.losses.classification import classification_loss
-from cetl.methods.base import Batch, Component, Method, Stage, Update
+from cetl.methods.base import Batch, Component, Method, Stage, Update, inverse_decay
 from cetl.networks import TapNetwork
 from cetl.networks.base import LOGITS
 from cetl.networks.discriminator import DomainDiscriminator
@@ -47,6 +47,9 @@ class DannConfig(MethodConfig):
     rate constant (this project's DANN before 2026-12-05)."""
     lr_anneal_beta: NonNegativeFloat = 0.75
     """β of the annealing (§5.2.2: 0.75)."""
+    discriminator_batch_norm: bool = False
+    """BatchNorm in the discriminator's hidden layers, as TLlib's DANN (source and target
+    features pass through it as one batch either way)."""
 
 
 class DANN(Method):
@@ -78,7 +81,9 @@ class DANN(Method):
         self.config = config
         self.target_net = target_net
         self.discriminator = DomainDiscriminator(
-            target_net.tap_shape(target_net.coupling_tap), hidden=config.hidden
+            target_net.tap_shape(target_net.coupling_tap),
+            hidden=config.hidden,
+            batch_norm=config.discriminator_batch_norm,
         )
 
     def stages(self, round_index: int) -> list[Stage]:
@@ -92,16 +97,16 @@ class DANN(Method):
         return [Stage("dann", ("labelled", "target"), (update,))]
 
     def _annealing(self, progress: float) -> float:
-        return (1 + self.config.lr_anneal_alpha * progress) ** -self.config.lr_anneal_beta
+        return inverse_decay(progress, self.config.lr_anneal_alpha, self.config.lr_anneal_beta)
 
     def _losses(self, batch: Batch) -> dict[str, Tensor]:
         features = self.target_net.coupling(torch.cat([batch.x, batch.x_tgt]))
-        source, target = features[: len(batch.x)], features[len(batch.x) :]
+        source = features[: len(batch.x)]
         coefficient = grl_coefficient(batch.progress, self.config.gamma)
-        domain = domain_loss(
-            self.discriminator(grad_reverse(source, coefficient)),
-            self.discriminator(grad_reverse(target, coefficient)),
-        )
+        # One discriminator pass over both domains: with BatchNorm in D, separate passes would
+        # give each domain its own batch statistics (a give-away); without it, the same numbers.
+        logits = self.discriminator(grad_reverse(features, coefficient))
+        domain = domain_loss(logits[: len(batch.x)], logits[len(batch.x) :])
         return {
             "classify": classification_loss(self.target_net.classify_tap(source), batch.y),
             "domain": domain,

@@ -51,6 +51,16 @@ class Batch:
     progress: float = 0.0
 
 
+def inverse_decay(progress: float, alpha: float, beta: float) -> float:
+    """The learning-rate factor ``(1 + α p)^-β`` at a fraction ``p`` of training done.
+
+    DANN's annealing (Ganin & Lempitsky 2015, §5.2.2: α = 10, β = 0.75) and TLlib's
+    ``(1 + γ·step)^-0.75`` (α = γ × total steps) are this one curve; the engine applies it run-wide
+    (``optimizer.anneal_alpha``) and ``dann`` as its own policy, so both read one formula.
+    """
+    return (1.0 + alpha * progress) ** -beta
+
+
 @dataclass(frozen=True)
 class Update:
     """One optimiser step per training step: ``networks``' parameters against ``losses``.
@@ -67,7 +77,8 @@ class Update:
             new head); empty: 1 for every network.
         lr_factor: the learning rate's factor at a fraction of training done (``Batch.progress``),
             applied before every step: a method's own annealing policy (DANN's
-            ``μ_p = μ_0 / (1 + 10 p)^0.75``); ``None`` keeps the rate constant.
+            ``μ_p = μ_0 / (1 + 10 p)^0.75``, :func:`inverse_decay`); ``None`` leaves it to the
+            run's ``optimizer.anneal_alpha`` (constant when that is 0).
     """
 
     name: str

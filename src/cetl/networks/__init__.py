@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from cetl.networks.base import NetworkBuilder, TapNetwork
 from cetl.networks.ci_cnn import ci_cnn
-from cetl.networks.digit_nets import drcn, drcn_bn, drcn_k5, lenet
+from cetl.networks.digit_nets import drcn, drcn_bn, drcn_k5, lenet, lenet_tllib, lenet_tllib_bottleneck
 from cetl.networks.mirror import build_decoder
 from cetl.networks.resnet_cifar import resnet26
 from cetl.registry import Registry
@@ -22,6 +22,8 @@ NETWORKS.add("drcn", drcn)
 NETWORKS.add("drcn_k5", drcn_k5)
 NETWORKS.add("drcn_bn", drcn_bn)
 NETWORKS.add("lenet", lenet)
+NETWORKS.add("lenet_tllib", lenet_tllib)
+NETWORKS.add("lenet_tllib_bottleneck", lenet_tllib_bottleneck)
 NETWORKS.add("ci_cnn", ci_cnn)
 NETWORKS.add("resnet26", resnet26)
 

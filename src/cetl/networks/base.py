@@ -6,7 +6,8 @@ network once. :class:`TapNetwork` makes every such read a method call on a chain
 layers, rather than a forward hook.
 
 Most networks here are also described by a *layer spec*: a list of small frozen dataclasses
-(:class:`Conv`, :class:`MaxPool`, :class:`Flatten`, :class:`Linear`, :class:`Dropout`). The
+(:class:`Normalize`, :class:`Conv`, :class:`MaxPool`, :class:`Flatten`, :class:`Linear`,
+:class:`Dropout`). The
 encoder is built from the spec (:meth:`TapNetwork.from_spec`) and so is its mirrored decoder
 (:func:`cetl.networks.mirror.build_decoder`), so the two cannot drift apart. The same spec
 arithmetic decides which image sizes a network accepts.
@@ -244,7 +245,49 @@ class Dropout:
         return nn.Dropout2d(self.p) if self.channelwise else nn.Dropout(self.p)
 
 
-LayerSpec = Conv | MaxPool | Flatten | Linear | Dropout
+@dataclass(frozen=True)
+class Normalize:
+    """A fixed input normalisation ``(x − mean) / std``, part of the network rather than the data.
+
+    Published recipes normalise their inputs (TLlib's digits: mean 0.5, std 0.5); doing it
+    inside the network keeps every dataset in [0, 1], the range the decoders reconstruct and
+    the augmentations assume, while the convolutions see exactly the recipe's inputs. Like
+    dropout it is not a tap and not mirrored (T1 reconstructs the [0, 1] image).
+
+    Attributes:
+        name: layer name.
+        mean: subtracted from every pixel.
+        std: divides every pixel after the subtraction.
+    """
+
+    name: str
+    mean: float = 0.5
+    std: float = 0.5
+
+    def output_shape(self, in_shape: Shape) -> Shape:
+        """Unchanged."""
+        return in_shape
+
+    def build(self, in_shape: Shape) -> nn.Module:
+        """The module (shape-independent, no parameters)."""
+        return _Affine(1.0 / self.std, -self.mean / self.std)
+
+
+class _Affine(nn.Module):
+    """``x · scale + shift`` with fixed numbers (no parameters, no buffers: checkpoints unchanged)."""
+
+    def __init__(self, scale: float, shift: float) -> None:
+        super().__init__()
+        self.scale, self.shift = scale, shift
+
+    def forward(self, x: Tensor) -> Tensor:
+        return x * self.scale + self.shift
+
+    def extra_repr(self) -> str:
+        return f"scale={self.scale}, shift={self.shift}"
+
+
+LayerSpec = Normalize | Conv | MaxPool | Flatten | Linear | Dropout
 
 
 def spec_shapes(spec: Sequence[LayerSpec], in_shape: Shape) -> list[Shape]:
@@ -363,7 +406,7 @@ class TapNetwork(nn.Module):
         num_classes: int,
         coupling_tap: str,
     ) -> TapNetwork:
-        """Build the chain from a layer spec; every layer but dropout becomes a tap.
+        """Build the chain from a layer spec; every layer but dropout and normalisation becomes a tap.
 
         Raises:
             ConfigError: ``image_size`` doesn't fit the spec, or an argument is not positive.
@@ -374,7 +417,7 @@ class TapNetwork(nn.Module):
         tap_shapes = {
             layer.name: shape
             for layer, shape in zip(spec, shapes[1:], strict=True)
-            if not isinstance(layer, Dropout)
+            if not isinstance(layer, Dropout | Normalize)
         }
         return cls(
             layers,

@@ -6,6 +6,11 @@
 - ``drcn_bn``: BatchNorm before every ReLU (an optional switch in DRCN's code, off by default).
 - ``lenet``: a LeNet-size net for quick CPU runs and the 28×28 ADDA protocol ("p"), shaped like
   ADDA's LeNet encoder (conv 20 and 50 @5×5 unpadded, fc 500).
+- ``lenet_tllib``: TLlib's digits LeNet with its linear head (``tllib/vision/models/digits.py``;
+  the ``erm.py`` classifier): ``lenet`` behind TLlib's input normalisation, mean 0.5 / std 0.5.
+- ``lenet_tllib_bottleneck``: the same with TLlib's DANN bottleneck (``ImageClassifier``:
+  fc 256 → BatchNorm → ReLU) between fc1 and the head; the coupling tap is the bottleneck,
+  the features TLlib's domain discriminator reads.
 
 The coupling tap is the last hidden layer (``fc2``, ``fc1`` for ``lenet``): DRCN shares exactly
 that feature between its classifier and its decoder. Any image size the layer arithmetic
@@ -14,7 +19,7 @@ accepts works (multiples of 4; from 16 for ``lenet``), so the DRCN nets also tak
 
 from __future__ import annotations
 
-from cetl.networks.base import Conv, Dropout, Flatten, LayerSpec, Linear, MaxPool, TapNetwork
+from cetl.networks.base import Conv, Dropout, Flatten, LayerSpec, Linear, MaxPool, Normalize, TapNetwork
 
 
 def drcn_spec(
@@ -100,4 +105,38 @@ def lenet(*, in_channels: int, image_size: int, num_classes: int) -> TapNetwork:
         image_size=image_size,
         num_classes=num_classes,
         coupling_tap="fc1",
+    )
+
+
+TLLIB_BOTTLENECK = 256
+"""Width of TLlib's DANN bottleneck (``--bottleneck-dim``'s default)."""
+
+
+def lenet_tllib(*, in_channels: int, image_size: int, num_classes: int) -> TapNetwork:
+    """TLlib's digits LeNet and head, inputs normalised as its recipe (mean 0.5, std 0.5); tap ``fc1``."""
+    return TapNetwork.from_spec(
+        [Normalize("normalize", 0.5, 0.5), *lenet_spec(num_classes=num_classes)],
+        name="lenet_tllib",
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
+        coupling_tap="fc1",
+    )
+
+
+def lenet_tllib_bottleneck(*, in_channels: int, image_size: int, num_classes: int) -> TapNetwork:
+    """:func:`lenet_tllib` with TLlib's DANN bottleneck (fc 256, BatchNorm, ReLU); tap ``bottleneck``."""
+    *body, head = lenet_spec(num_classes=num_classes)
+    return TapNetwork.from_spec(
+        [
+            Normalize("normalize", 0.5, 0.5),
+            *body,
+            Linear("bottleneck", TLLIB_BOTTLENECK, batch_norm=True),
+            head,
+        ],
+        name="lenet_tllib_bottleneck",
+        in_channels=in_channels,
+        image_size=image_size,
+        num_classes=num_classes,
+        coupling_tap="bottleneck",
     )

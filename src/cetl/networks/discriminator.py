@@ -16,17 +16,20 @@ from cetl.errors import ConfigError
 
 
 class DomainDiscriminator(nn.Module):
-    """``features → [Linear → ReLU] × layers → Linear → one logit`` (source = 1, target = 0).
+    """``features → [Linear → (BatchNorm) → ReLU] × layers → Linear → one logit`` (source = 1, target = 0).
 
-    No BatchNorm or dropout: its statistics would differ between the source and target
-    batches it sees separately, which would let it tell the domains apart by batch statistics
-    rather than by features.
+    No BatchNorm or dropout by default: its statistics would differ between source and target
+    batches seen separately, which would let it tell the domains apart by batch statistics
+    rather than by features. ``batch_norm=True`` is TLlib's DANN discriminator (BatchNorm after
+    each hidden layer); it is only sound when source and target features go through it as
+    one batch, as ``dann`` passes them.
 
     Args:
         in_shape: per-sample feature shape, e.g. ``target_net.tap_shape(target_net.coupling_tap)``;
             feature maps are flattened.
         hidden: width of every hidden layer.
         layers: number of hidden layers.
+        batch_norm: BatchNorm between each hidden layer and its ReLU.
 
     Raises:
         ConfigError: ``hidden`` or ``layers`` is not positive.
@@ -35,7 +38,9 @@ class DomainDiscriminator(nn.Module):
         input ``(B, *in_shape)``, output ``(B,)``.
     """
 
-    def __init__(self, in_shape: tuple[int, ...], *, hidden: int, layers: int = 2) -> None:
+    def __init__(
+        self, in_shape: tuple[int, ...], *, hidden: int, layers: int = 2, batch_norm: bool = False
+    ) -> None:
         super().__init__()
         if hidden < 1 or layers < 1:
             raise ConfigError(
@@ -45,7 +50,7 @@ class DomainDiscriminator(nn.Module):
         width = math.prod(in_shape)
         blocks: list[nn.Module] = [nn.Flatten()]
         for _ in range(layers):
-            blocks += [nn.Linear(width, hidden), nn.ReLU()]
+            blocks += [nn.Linear(width, hidden), *([nn.BatchNorm1d(hidden)] if batch_norm else []), nn.ReLU()]
             width = hidden
         blocks.append(nn.Linear(width, 1))
         self.net = nn.Sequential(*blocks)

@@ -15,6 +15,7 @@ encoder layer                           decoder layer
 ``Conv(a → b)``, no padding             ``ConvTranspose(b → a)``, same kernel → ReLU
 ``Dropout``                             nothing (a decoder that drops features would just
                                         learn a noisier reconstruction)
+``Normalize`` (a fixed input map)       nothing (T1 reconstructs the [0, 1] image)
 ======================================  ===============================================
 
 BatchNorm follows a mirrored layer where it followed the encoder layer. The mirror of the
@@ -44,6 +45,7 @@ from cetl.networks.base import (
     Flatten,
     Linear,
     MaxPool,
+    Normalize,
     TapNetwork,
     conv_block,
     linear_block,
@@ -147,7 +149,7 @@ def build_decoder(net: TapNetwork) -> nn.Sequential:
                 decoder[f"un{layer.name}"] = nn.Upsample(scale_factor=2, mode="nearest")
             case Flatten():
                 decoder[f"un{layer.name}"] = nn.Unflatten(1, in_shape)
-            case Dropout():
+            case Dropout() | Normalize():
                 pass
             case _:
                 raise TypeError(f"no mirror rule for {layer!r}")

@@ -52,7 +52,14 @@ TARGET_NET_ONNX = "target_net.onnx"
 TARGET_NET_STATE = "target_net.pt"
 GREY_NETWORKS = {"smoke": "lenet", "quick": "lenet", "paper": "drcn"}
 COLOUR_NETWORK = "ci_cnn"
-RUN_PROTOCOLS = {"drcn": "drcn", "adda": "adda", "cifar": "cifar", "cifar10s": "cifar", "stl_cifar": "cifar"}
+RUN_PROTOCOLS = {
+    "drcn": "drcn",
+    "adda": "adda",
+    "tllib": "tllib",
+    "cifar": "cifar",
+    "cifar10s": "cifar",
+    "stl_cifar": "cifar",
+}
 """A run source's protocol → the target's: the same image size and colour, without class lists
 (the user's classes are their own)."""
 _ACCURACY_KEY = {"test": "target_test_accuracy", "validation": "val_accuracy"}
@@ -258,7 +265,7 @@ def adapt_config(
     spec = find_spec(dataset)
     source_section = source_config(source, tap=tap)
     protocol = _protocol(source_section, spec.channels)
-    channels = 1 if protocol in ("drcn", "adda") else 3
+    channels = 1 if protocol in ("drcn", "adda", "tllib") else 3
     network = _network(target_net, channels, profile)
     NETWORKS.get(network)  # an unknown --target-net fails here, with "did you mean"
     data: dict[str, Any] = {"source": dataset, "target": dataset, "protocol": protocol}

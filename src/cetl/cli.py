@@ -36,7 +36,7 @@ import contextlib
 import json
 import os
 import sys
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 from cetl.errors import CetlError, RunError
@@ -271,23 +271,47 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 1
     except KeyboardInterrupt as error:  # Ctrl-C, or SIGTERM (cetl.engine.signals.Terminated)
         what = f"terminated ({error})" if str(error) else "interrupted"
-        fallback = (
-            "Finished cells are kept and the interrupted one resumes from its last finished round: "
-            "run the same 'cetl compare' command again."
-            if args.command == "compare"
-            else "Finished cells are kept and the interrupted one resumes from its last finished round: "
-            "run the same 'cetl reproduce' command again."
-            if args.command == "reproduce"
-            else "Finished rounds are checkpointed; continue with "
-            "'cetl train RUN_DIR/config.yaml --out RUN_DIR --resume'."
-        )
-        hint = (
-            getattr(error, "resume_hint", fallback)
-            if args.command not in ("compare", "reproduce")
-            else fallback
-        )
+        hint = error.hint if isinstance(error, Interrupted) else _resume_hint(args.command)
         print(f"\ncetl: {what}. {hint}", file=sys.stderr)
         return getattr(error, "exit_code", 130)
+
+
+class Interrupted(KeyboardInterrupt):
+    """A Ctrl-C or SIGTERM with the command's own advice on how to continue.
+
+    A command that knows more than :func:`main` (the run folder it wrote into) raises this from
+    the interrupt, through :func:`_advice_on_interrupt`; it stays a ``KeyboardInterrupt``, so every
+    ``finally`` on the way out runs as for Ctrl-C, and keeps the signal's exit code.
+    """
+
+    def __init__(self, cause: KeyboardInterrupt, hint: str) -> None:
+        super().__init__(*cause.args)
+        self.hint = hint
+        self.exit_code: int = getattr(cause, "exit_code", 130)
+
+
+@contextlib.contextmanager
+def _advice_on_interrupt(hint: Callable[[], str]) -> Iterator[None]:
+    """Within the block, an interrupt becomes :class:`Interrupted` carrying ``hint()``."""
+    try:
+        yield
+    except Interrupted:
+        raise
+    except KeyboardInterrupt as error:
+        raise Interrupted(error, hint()) from error
+
+
+def _resume_hint(command: str) -> str:
+    """How to continue after an interrupt, for a command that gave no advice of its own."""
+    if command in ("compare", "reproduce"):
+        return (
+            "Finished cells are kept and the interrupted one resumes from its last finished round: "
+            f"run the same 'cetl {command}' command again."
+        )
+    return (
+        "Finished rounds are checkpointed; continue with "
+        "'cetl train RUN_DIR/config.yaml --out RUN_DIR --resume'."
+    )
 
 
 def _processes() -> contextlib.AbstractContextManager[object]:
@@ -310,7 +334,7 @@ def _train(args: argparse.Namespace) -> int:
     run_dir = Path(args.out) if args.out else default_run_dir(config)
     # A resume reads the data the run started with, unless told otherwise.
     data_root = run_data_root(run_dir, args.data_root) if args.resume else resolve_data_root(args.data_root)
-    try:
+    with _advice_on_interrupt(lambda: resume_hint(run_dir)):
         summary = train_run(
             config,
             run_dir=run_dir,
@@ -318,9 +342,6 @@ def _train(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
         )
-    except KeyboardInterrupt as error:
-        error.resume_hint = resume_hint(run_dir)  # type: ignore[attr-defined]  # read by main()
-        raise
     if not current().is_main:
         return 0
     print(
@@ -452,7 +473,8 @@ def _demo(args: argparse.Namespace) -> int:
 def _adapt(args: argparse.Namespace) -> int:
     from cetl.workflows.adapt import adapt, baseline_table, parse_baselines
 
-    try:
+    advice = "Finished rounds are checkpointed; run the same 'cetl adapt' command with --resume to continue."
+    with _advice_on_interrupt(lambda: advice):  # the train hint would skip the exports
         result = adapt(
             args.source,
             args.target_data,
@@ -470,11 +492,6 @@ def _adapt(args: argparse.Namespace) -> int:
             overwrite=args.overwrite,
             baselines=parse_baselines(args.baselines),
         )
-    except KeyboardInterrupt as error:  # read by main(); the train hint would skip the exports
-        error.resume_hint = (  # type: ignore[attr-defined]
-            "Finished rounds are checkpointed; run the same 'cetl adapt' command with --resume to continue."
-        )
-        raise
     metrics = result.metrics
     sizes = metrics["data_sizes"]
     measured = (

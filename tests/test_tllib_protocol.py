@@ -106,3 +106,14 @@ def test_run_wide_annealing_reaches_a_method_without_its_own_schedule(tmp_path):
     last_progress = 5 / 6  # 96 images at batch 32: the 6th of 6 steps starts 5/6 of the way in
     assert group["base_lr"] == 0.1
     assert group["lr"] == pytest.approx(0.1 * inverse_decay(last_progress, 10.0, 0.75))
+
+
+@pytest.mark.needs_data
+def test_a_comparison_names_each_methods_network(tmp_path, data_root):
+    from cetl.cli import main
+
+    out = tmp_path / "runs"
+    argv = ["compare", "digits_mn_to_us_tllib", "--methods", "source_only,dann", "--seeds", "1"]
+    assert main([*argv, "--profile", "smoke", "--out", str(out), "--data-root", str(data_root.path)]) == 0
+    text = (out / "digits_mn_to_us_tllib" / "smoke" / "compare.md").read_text()
+    assert "Networks `lenet_tllib` (source_only), `lenet_tllib_bottleneck` (dann)" in text

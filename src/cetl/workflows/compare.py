@@ -419,10 +419,22 @@ def _write(
         f"cetl compare {experiment} --methods {','.join(summaries)} --seeds {len(seeds)} "
         f"--profile {profile}" + "".join(f" --set {s}" for s in sets)
     )
+    # Methods may run on different networks (an experiment's per-method policy): name each.
+    networks: dict[str, list[str]] = {}
+    for method, runs in summaries.items():
+        for summary in runs.values():
+            if method not in networks.setdefault(summary["network"], []):
+                networks[summary["network"]].append(method)
+    network = (
+        f"Network `{first['network']}`"
+        if len(networks) == 1
+        else "Networks "
+        + ", ".join(f"`{name}` ({', '.join(methods)})" for name, methods in networks.items())
+    )
     header = (
         f"# {experiment}: `{profile}` profile, seeds {', '.join(map(str, seeds))}\n\n"
         f"Command: `{command}`  \n"
-        f"Network `{first['network']}`, protocol `{first['protocol']}`, data {first['data_root']} "
+        f"{network}, protocol `{first['protocol']}`, data {first['data_root']} "
         f"({', '.join(f'{k} {v}' for k, v in first.get('data_variants', {}).items())}), "
         f"device {first['device']}. Model selection never reads target labels; the paper column is "
         f"the CETL paper's number for the same cell (its protocol and network, METHOD.md §8).\n\n"

@@ -2,7 +2,7 @@
 
 Every method, CETL and baselines alike, trains here; a method only supplies
 stages and named, unweighted loss terms (``cetl.methods.base``). Read top to
-bottom, :func:`train` is the whole story:
+bottom, :func:`train` and the :class:`_Run` it drives are the whole story:
 
     for round in rounds:                       # resumable at round boundaries
         for stage in method.stages(round):
@@ -18,7 +18,9 @@ seed and the round, stage, epoch and stream names, so a run interrupted after
 round k and resumed reproduces the uninterrupted run bit for bit on CPU.
 
 Why one file: it is the one training loop (DESIGN.md); its helpers (batches, progress, state) exist
-only for :func:`train`, and reading the loop top to bottom is the point.
+only for :func:`train`, and reading the loop top to bottom is the point. :class:`_Run` holds one
+run's settings and progress, so each part of a round (a stage's steps, an update, the round's
+evaluation and checkpoint) is a method of its own rather than a closure inside one long function.
 """
 
 from __future__ import annotations
@@ -322,86 +324,125 @@ def train(
     Raises:
         RunError: on resume, when the checkpoint is missing or does not match the method.
     """
-    world = current()
-    world.check_batch_size(train_config.batch_size)
-    device = world.device(resolve_device(train_config.device))
-    selection = resolve_selection(train_config.selection, method.labelled_domain)
-    method.to(device)
-    data = data.to(device)
-    check_selection(selection, method, data)
-    rules = applicable_rules(method, data)
-    use_amp = train_config.amp and device.type == "cuda"
-    autocast: contextlib.AbstractContextManager[Any] = (
-        torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
-    )
-    engine = engine_config or EngineConfig()
-    if engine.channels_last and device.type == "cuda":
-        method.to(memory_format=torch.channels_last)  # 4-D weights: convolutions pick NHWC kernels
-    networks = method.trainable_networks()
-    with autocast:  # a value cached here equals what a step would compute under the same autocast
-        method.prepare(data, world)
-    state = _Progress()
-    optimizer_states: dict[str, Any] = {}
-    if resume:
-        checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
-        _load_networks(networks, checkpoint["networks"], run_dir / LAST_CHECKPOINT)
-        method.load_resumable_state(checkpoint["method_state"])
-        state = _Progress(**checkpoint["progress"])
-        optimizer_states = dict(checkpoint["optimizers"])
-        if world.is_main:
-            print(
-                f"cetl: resuming '{run_dir}' after round {state.rounds_done} of {train_config.rounds} "
-                f"(from {LAST_CHECKPOINT})",
-                file=sys.stderr,
-            )
-    world.broadcast_modules(networks.values())  # as DDP: every rank starts from rank 0's weights
-    log = (
-        MetricsLog(
-            run_dir / "metrics.jsonl",
-            tensorboard_dir=run_dir / "tensorboard" if train_config.tensorboard else None,
-            resume_after_round=state.rounds_done - 1 if resume else None,
+    return _Run(
+        method,
+        data,
+        train_config=train_config,
+        optimizer_config=optimizer_config,
+        seed=seed,
+        run_dir=run_dir,
+        resume=resume,
+        engine_config=engine_config,
+    ).run()
+
+
+class _Run:
+    """One call of :func:`train`: the run's settings and progress, with each part of a round as a
+    method (setup here; :meth:`run` is the round loop, :meth:`run_stage` the step loop)."""
+
+    def __init__(
+        self,
+        method: Method,
+        data: TrainingData,
+        *,
+        train_config: TrainConfig,
+        optimizer_config: OptimizerConfig,
+        seed: int,
+        run_dir: Path,
+        resume: bool,
+        engine_config: EngineConfig | None,
+    ) -> None:
+        self.method, self.train_config, self.optimizer_config = method, train_config, optimizer_config
+        self.seed, self.run_dir = seed, run_dir
+        world = current()
+        world.check_batch_size(train_config.batch_size)
+        device = world.device(resolve_device(train_config.device))
+        selection = resolve_selection(train_config.selection, method.labelled_domain)
+        method.to(device)
+        data = data.to(device)
+        check_selection(selection, method, data)
+        rules = applicable_rules(method, data)
+        use_amp = train_config.amp and device.type == "cuda"
+        autocast: contextlib.AbstractContextManager[Any] = (
+            torch.autocast("cuda", dtype=torch.bfloat16) if use_amp else contextlib.nullcontext()
         )
-        if world.is_main
-        else NullLog()
-    )
-    optimizers: dict[str, torch.optim.Optimizer] = {}
-    skip_non_finite = engine.on_nan == "skip_batch"
-    watch = NonFiniteWatch(device, advice=lambda: _non_finite_advice(run_dir, state.rounds_done))
-    balance = BalanceTracker(state.balance, announce=world.is_main)
-    state.balance = balance.state
-    balance_every = train_config.balance_every
+        engine = engine_config or EngineConfig()
+        if engine.channels_last and device.type == "cuda":
+            method.to(memory_format=torch.channels_last)  # 4-D weights: convolutions pick NHWC kernels
+        networks = method.trainable_networks()
+        with autocast:  # a value cached here equals what a step would compute under the same autocast
+            method.prepare(data, world)
+        state = _Progress()
+        optimizer_states: dict[str, Any] = {}
+        if resume:
+            checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
+            _load_networks(networks, checkpoint["networks"], run_dir / LAST_CHECKPOINT)
+            method.load_resumable_state(checkpoint["method_state"])
+            state = _Progress(**checkpoint["progress"])
+            optimizer_states = dict(checkpoint["optimizers"])
+            if world.is_main:
+                print(
+                    f"cetl: resuming '{run_dir}' after round {state.rounds_done} of {train_config.rounds} "
+                    f"(from {LAST_CHECKPOINT})",
+                    file=sys.stderr,
+                )
+        world.broadcast_modules(networks.values())  # as DDP: every rank starts from rank 0's weights
+        log = (
+            MetricsLog(
+                run_dir / "metrics.jsonl",
+                tensorboard_dir=run_dir / "tensorboard" if train_config.tensorboard else None,
+                resume_after_round=state.rounds_done - 1 if resume else None,
+            )
+            if world.is_main
+            else NullLog()
+        )
+        optimizers: dict[str, torch.optim.Optimizer] = {}
+        skip_non_finite = engine.on_nan == "skip_batch"
+        watch = NonFiniteWatch(device, advice=lambda: _non_finite_advice(run_dir, state.rounds_done))
+        balance = BalanceTracker(state.balance, announce=world.is_main)
+        state.balance = balance.state
+        balance_every = train_config.balance_every
 
-    def optimizer_for(stage: Stage, update: Update) -> torch.optim.Optimizer:
+        self.world, self.device, self.selection, self.data, self.rules = world, device, selection, data, rules
+        self.autocast, self.engine, self.networks, self.state = autocast, engine, networks, state
+        self.optimizer_states, self.log, self.optimizers = optimizer_states, log, optimizers
+        self.skip_non_finite, self.watch, self.balance = skip_non_finite, watch, balance
+        self.balance_every = balance_every
+        self.compiled: dict[Callable[[Batch], dict[str, Tensor]], Callable[[Batch], dict[str, Tensor]]] = {}
+        self.started = 0.0
+        self.clock = RunClock(start_fraction=0.0)
+
+    def optimizer_for(self, stage: Stage, update: Update) -> torch.optim.Optimizer:
+        """The optimiser of ``(stage, update)``, made on first use and kept across rounds (D7);
+        a resumed run's state is loaded into it then."""
         key = f"{stage.name}/{update.name}"
-        if key not in optimizers:
-            settings = dataclasses.replace(optimizer_config, **update.optimizer)
-            optimizers[key] = make_optimizer(update.param_groups(settings.lr), settings)
-            if key in optimizer_states:
-                optimizers[key].load_state_dict(optimizer_states.pop(key))
-        return optimizers[key]
+        if key not in self.optimizers:
+            settings = dataclasses.replace(self.optimizer_config, **update.optimizer)
+            self.optimizers[key] = make_optimizer(update.param_groups(settings.lr), settings)
+            if key in self.optimizer_states:
+                self.optimizers[key].load_state_dict(self.optimizer_states.pop(key))
+        return self.optimizers[key]
 
-    compiled: dict[Callable[[Batch], dict[str, Tensor]], Callable[[Batch], dict[str, Tensor]]] = {}
-
-    def engine_update(update: Update) -> Update:
+    def engine_update(self, update: Update) -> Update:
         """``update`` as the engine runs it: annealed by the run's ``optimizer.anneal_alpha`` unless
         the method brought its own schedule, and with its loss function compiled
         (``engine.compile``): the forward pass through the trainable networks and the losses
         become one graph, with a compiled backward; the optimiser step stays outside (fused on
         CUDA). Compiled functions are keyed by the loss function, so rounds reuse them."""
-        settings = dataclasses.replace(optimizer_config, **update.optimizer)
+        settings = dataclasses.replace(self.optimizer_config, **update.optimizer)
         if update.lr_factor is None and settings.anneal_alpha > 0:
             schedule = functools.partial(
                 inverse_decay, alpha=settings.anneal_alpha, beta=settings.anneal_beta
             )
             update = dataclasses.replace(update, lr_factor=schedule)
-        if not engine.compile:
+        if not self.engine.compile:
             return update
-        if update.losses not in compiled:
-            compiled[update.losses] = torch.compile(update.losses)
-        return dataclasses.replace(update, losses=compiled[update.losses])
+        if update.losses not in self.compiled:
+            self.compiled[update.losses] = torch.compile(update.losses)
+        return dataclasses.replace(update, losses=self.compiled[update.losses])
 
     def step_update(
-        stage: Stage, update: Update, batch: Batch, *, measure: bool, round_index: int
+        self, stage: Stage, update: Update, batch: Batch, *, measure: bool, round_index: int
     ) -> dict[str, Tensor] | None:
         """:func:`run_update` with the engine's settings; on ``measure`` steps also the term
         balance (D10), logged as a ``kind: balance`` record."""
@@ -409,23 +450,25 @@ def train(
         terms = run_update(
             update,
             batch,
-            optimizer_for(stage, update),
-            max_grad_norm=optimizer_config.max_grad_norm,
-            autocast=autocast,
-            world=world,
-            skip_non_finite=skip_non_finite,
+            self.optimizer_for(stage, update),
+            max_grad_norm=self.optimizer_config.max_grad_norm,
+            autocast=self.autocast,
+            world=self.world,
+            skip_non_finite=self.skip_non_finite,
             norms_out=norms,
         )
         if norms:
-            balance.add(stage.name, update.name, norms)
+            self.balance.add(stage.name, update.name, norms)
             record = {"kind": "balance", "round": round_index, "stage": stage.name, "update": update.name}
             values = {f"grad_norm/{name}": value for name, value in norms.items()}
-            log.write({**record, "step": state.global_step + 1, **values}, step=state.global_step + 1)
+            step = self.state.global_step + 1
+            self.log.write({**record, "step": step, **values}, step=step)
         return terms
 
-    def evaluate_accuracies() -> dict[str, float | None]:
+    def evaluate_accuracies(self) -> dict[str, float | None]:
         """Labelled-validation accuracy (selection reads it; ``None`` without a validation split)
         and target test accuracy (reported only)."""
+        method, data, autocast = self.method, self.data, self.autocast
         return {
             "val_accuracy": (
                 accuracy(method, data.labelled_val, autocast=autocast, predict=method.predict_labelled)
@@ -437,34 +480,36 @@ def train(
             ),
         }
 
-    def stage_eval(round_index: int, stage_name: str, accuracies: dict[str, Any]) -> None:
+    def stage_eval(self, round_index: int, stage_name: str, accuracies: dict[str, Any]) -> None:
         """Record the accuracies after one stage (``train.eval_every_stage``): never used to select."""
         entry = {"round": round_index, "stage": stage_name} | {
             k: accuracies[k] for k in ("val_accuracy", "target_test_accuracy")
         }
-        state.stage_history.append(entry)
-        log.write({"kind": "stage_eval", **entry, "step": state.global_step}, step=state.global_step)
+        self.state.stage_history.append(entry)
+        step = self.state.global_step
+        self.log.write({"kind": "stage_eval", **entry, "step": step}, step=step)
 
-    def run_stage(stage: Stage, round_index: int, position: int, stage_count: int) -> dict[str, Any]:
+    def run_stage(self, stage: Stage, round_index: int, position: int, stage_count: int) -> dict[str, Any]:
         """All epochs of one stage (``position`` of the round's ``stage_count``); returns its
         ``kind: stage`` record (mean loss, seconds)."""
+        train_config, state = self.train_config, self.state
         started_stage = time.perf_counter()
-        updates = [engine_update(update) for update in stage.updates]
-        loss_sum = torch.zeros((), device=device)  # summed on the device: no sync per step
+        updates = [self.engine_update(update) for update in stage.updates]
+        loss_sum = torch.zeros((), device=self.device)  # summed on the device: no sync per step
         stage_steps = skipped = 0
         epochs = stage.epochs or train_config.stage_epochs
         for epoch in range(epochs):
             count, batches = _batches(
-                data,
+                self.data,
                 stage,
                 batch_size=train_config.batch_size,
                 max_steps=train_config.max_steps_per_epoch,
-                seed=seed,
+                seed=self.seed,
                 tag=("batches", round_index, stage.name, epoch),
                 progress=lambda done, epoch=epoch: (
                     (round_index + (epoch + done) / epochs) / train_config.rounds
                 ),
-                world=world,
+                world=self.world,
             )
             description = f"round {round_index + 1}/{train_config.rounds} {stage.name}"
 
@@ -477,22 +522,24 @@ def train(
                     batches,
                     total=count,
                     description=description,
-                    enabled=train_config.progress and world.is_main,
+                    enabled=train_config.progress and self.world.is_main,
                     run_fraction=run_fraction,
-                    clock=clock,
+                    clock=self.clock,
                 )
             ):
                 terms: dict[str, Tensor] = {}
-                measure = balance_every is not None and (
-                    (stage_steps + 1) % balance_every == 0
+                measure = self.balance_every is not None and (
+                    (stage_steps + 1) % self.balance_every == 0
                     or (epoch == epochs - 1 and step_index == count - 1)
                 )
                 for update in updates:
-                    update_terms = step_update(stage, update, batch, measure=measure, round_index=round_index)
+                    update_terms = self.step_update(
+                        stage, update, batch, measure=measure, round_index=round_index
+                    )
                     if update_terms is None:  # engine.on_nan=skip_batch: counted, not optimised
                         skipped += 1
                         continue
-                    watch.observe(
+                    self.watch.observe(
                         update_terms,
                         round_index=round_index,
                         stage=stage.name,
@@ -507,13 +554,14 @@ def train(
                 stage_steps += 1
                 state.stage_steps[stage.name] = state.stage_steps.get(stage.name, 0) + 1
                 if state.global_step % train_config.log_every == 0:
-                    watch.check(round_index=round_index)
+                    self.watch.check(round_index=round_index)
                     values = _checked_floats(terms, stage.name)
                     record = {"kind": "train", "round": round_index, "stage": stage.name}
-                    log.write({**record, "step": state.global_step, **values}, step=state.global_step)
-            watch.check(round_index=round_index)  # once per epoch even when no step was logged
+                    self.log.write({**record, "step": state.global_step, **values}, step=state.global_step)
+            self.watch.check(round_index=round_index)  # once per epoch even when no step was logged
             _checked_floats(terms, stage.name)
-        world.average_buffers(networks.values())  # BatchNorm statistics: one set for eval and the Fisher
+        # BatchNorm statistics: one set for eval and the Fisher
+        self.world.average_buffers(self.networks.values())
         extra = stage.on_end() if stage.on_end is not None else None
         return {
             "kind": "stage",
@@ -522,92 +570,108 @@ def train(
             "step": state.global_step,
             "mean_loss": float(loss_sum) / max(1, stage_steps),
             "seconds": time.perf_counter() - started_stage,
-            **({"skipped_batches": skipped} if skip_non_finite else {}),
+            **({"skipped_batches": skipped} if self.skip_non_finite else {}),
             **(extra or {}),
         }
 
-    started = time.perf_counter() - state.elapsed
-    clock = RunClock(start_fraction=state.rounds_done / train_config.rounds)
-    try:
-        for round_index in range(state.rounds_done, train_config.rounds):
-            if train_config.tol is not None and state.calm_rounds >= train_config.patience:
-                break  # D7: converged
-            # Dropout and noise differ between ranks (rank 0 draws as a single process would);
-            # what must agree across ranks (the GFI's draws) is broadcast by its owner.
-            rank_tag = ("rank", str(world.rank)) if world.rank else ()
-            torch.manual_seed(seeded_generator(seed, "round", str(round_index), *rank_tag).initial_seed())
-            method.train()
-            stages = method.stages(round_index)
-            if not stages and round_index > 0:
-                break  # the method has nothing left to train (SA fits once, in round 0)
-            stage_records = []
-            for position, stage in enumerate(stages):
-                stage_records.append(run_stage(stage, round_index, position, len(stages)))
-                balance.end_stage(round_index, stage.name)
-                if train_config.eval_every_stage and position < len(stages) - 1:  # the last: the round's
-                    stage_eval(round_index, stage.name, evaluate_accuracies())
-            for record in stage_records:
-                log.write(record, step=state.global_step)
-            _update_convergence(state, stage_records, train_config.tol)
+    def run_round(self, round_index: int) -> bool:
+        """Train one round's stages, then evaluate, select and checkpoint it; ``False`` when the
+        method has nothing left to train (SA fits once, in round 0)."""
+        train_config, method, world = self.train_config, self.method, self.world
+        # Dropout and noise differ between ranks (rank 0 draws as a single process would);
+        # what must agree across ranks (the GFI's draws) is broadcast by its owner.
+        rank_tag = ("rank", str(world.rank)) if world.rank else ()
+        torch.manual_seed(seeded_generator(self.seed, "round", str(round_index), *rank_tag).initial_seed())
+        method.train()
+        stages = method.stages(round_index)
+        if not stages and round_index > 0:
+            return False
+        stage_records = []
+        for position, stage in enumerate(stages):
+            stage_records.append(self.run_stage(stage, round_index, position, len(stages)))
+            self.balance.end_stage(round_index, stage.name)
+            if train_config.eval_every_stage and position < len(stages) - 1:  # the last: the round's
+                self.stage_eval(round_index, stage.name, self.evaluate_accuracies())
+        for record in stage_records:
+            self.log.write(record, step=self.state.global_step)
+        _update_convergence(self.state, stage_records, train_config.tol)
+        record = {
+            "kind": "eval",
+            "round": round_index,
+            "step": self.state.global_step,
+            **self.evaluate_accuracies(),
+        }
+        if train_config.eval_every_stage and stages:
+            self.stage_eval(round_index, stages[-1].name, record)
+        self.end_round(round_index, record)
+        return True
 
-            record = {
-                "kind": "eval",
-                "round": round_index,
-                "step": state.global_step,
-                **evaluate_accuracies(),
-            }
-            if train_config.eval_every_stage and stages:
-                stage_eval(round_index, stages[-1].name, record)
-            # Every applicable rule, not only the one that selects: each run then shows what
-            # the others would have chosen (their regret) without training again.
-            record |= unsupervised_scores(rules, method, data, autocast=autocast)
-            if train_config.monitor:
-                method.eval()
-                with torch.inference_mode():
-                    record |= method.monitor(data)
-            state.history.append(record)
-            log.write(record, step=state.global_step)
-            score = selection_score(selection, record)
-            if selection == "last" or score > state.best.get("score", -math.inf):
-                state.best = {k: record[k] for k in ("round", "val_accuracy", "target_test_accuracy")}
-                state.best["score"] = score
-                if world.is_main:
-                    save_checkpoint(
-                        run_dir / BEST_CHECKPOINT, {"networks": _state(networks), "best": state.best}
-                    )
-            state.rounds_done = round_index + 1
-            state.elapsed = time.perf_counter() - started
+    def end_round(self, round_index: int, record: dict[str, Any]) -> None:
+        """Complete the round's ``kind: eval`` record, select without target labels, checkpoint."""
+        method, state, world = self.method, self.state, self.world
+        # Every applicable rule, not only the one that selects: each run then shows what
+        # the others would have chosen (their regret) without training again.
+        record |= unsupervised_scores(self.rules, method, self.data, autocast=self.autocast)
+        if self.train_config.monitor:
+            method.eval()
+            with torch.inference_mode():
+                record |= method.monitor(self.data)
+        state.history.append(record)
+        self.log.write(record, step=state.global_step)
+        score = selection_score(self.selection, record)
+        if self.selection == "last" or score > state.best.get("score", -math.inf):
+            state.best = {k: record[k] for k in ("round", "val_accuracy", "target_test_accuracy")}
+            state.best["score"] = score
             if world.is_main:
                 save_checkpoint(
-                    run_dir / LAST_CHECKPOINT,
-                    {
-                        "networks": _state(networks),
-                        "method_state": method.resumable_state(),
-                        "optimizers": {k: o.state_dict() for k, o in optimizers.items()} | optimizer_states,
-                        "progress": dataclasses.asdict(state),
-                    },
+                    self.run_dir / BEST_CHECKPOINT, {"networks": _state(self.networks), "best": state.best}
                 )
-    finally:
-        log.close()
+        state.rounds_done = round_index + 1
+        state.elapsed = time.perf_counter() - self.started
+        if world.is_main:
+            optimizers = {k: o.state_dict() for k, o in self.optimizers.items()} | self.optimizer_states
+            save_checkpoint(
+                self.run_dir / LAST_CHECKPOINT,
+                {
+                    "networks": _state(self.networks),
+                    "method_state": method.resumable_state(),
+                    "optimizers": optimizers,
+                    "progress": dataclasses.asdict(state),
+                },
+            )
 
-    if world.is_main:
-        selected = load_checkpoint(run_dir / BEST_CHECKPOINT, map_location=device)
-        _load_networks(networks, selected["networks"], run_dir / BEST_CHECKPOINT)
-    world.broadcast_modules(networks.values())  # the selected weights, without a shared filesystem
-    return TrainingResult(
-        selected_by=selection,
-        selected_round=int(state.best["round"]),
-        target_test_accuracy=_optional_float(state.best["target_test_accuracy"]),
-        val_accuracy=_optional_float(state.best["val_accuracy"]),
-        rounds=state.rounds_done,
-        steps=dict(state.stage_steps),
-        term_steps=dict(state.term_steps),
-        wall_seconds=time.perf_counter() - started,
-        device=str(device),
-        history=state.history,
-        stage_history=state.stage_history,
-        **balance.summary(),
-    )
+    def run(self) -> TrainingResult:
+        """Every round left (D7: until ``rounds``, or converged), then the selected weights back."""
+        train_config, state, world = self.train_config, self.state, self.world
+        self.started = time.perf_counter() - state.elapsed
+        self.clock = RunClock(start_fraction=state.rounds_done / train_config.rounds)
+        try:
+            for round_index in range(state.rounds_done, train_config.rounds):
+                if train_config.tol is not None and state.calm_rounds >= train_config.patience:
+                    break  # D7: converged
+                if not self.run_round(round_index):
+                    break
+        finally:
+            self.log.close()
+
+        if world.is_main:
+            selected = load_checkpoint(self.run_dir / BEST_CHECKPOINT, map_location=self.device)
+            _load_networks(self.networks, selected["networks"], self.run_dir / BEST_CHECKPOINT)
+        world.broadcast_modules(self.networks.values())  # the selected weights, without a shared filesystem
+        return TrainingResult(
+            selected_by=self.selection,
+            selected_round=int(state.best["round"]),
+            target_test_accuracy=_optional_float(state.best["target_test_accuracy"]),
+            val_accuracy=_optional_float(state.best["val_accuracy"]),
+            rounds=state.rounds_done,
+            steps=dict(state.stage_steps),
+            term_steps=dict(state.term_steps),
+            wall_seconds=time.perf_counter() - self.started,
+            device=str(self.device),
+            history=state.history,
+            stage_history=state.stage_history,
+            **self.balance.summary(),
+        )
 
 
 def _update_convergence(state: _Progress, stage_records: list[dict[str, Any]], tol: float | None) -> None:

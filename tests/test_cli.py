@@ -3,11 +3,13 @@
 import json
 import subprocess
 import sys
+import typing
 
 import pytest
 import yaml
 
 from cetl.cli import main
+from cetl.config import SourceConfig
 
 
 def test_list_prints_each_registry(capsys):
@@ -25,7 +27,9 @@ def test_list_prints_each_registry(capsys):
     )
     assert all(len(line.split(maxsplit=1)) == 2 for line in described.splitlines())  # every one described
     assert main(["list", "sources"]) == 0
-    assert "onnx FILE.onnx" in capsys.readouterr().out
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.strip()}
+    kinds = typing.get_args(typing.get_type_hints(SourceConfig)["kind"])
+    assert "timm" in kinds and set(kinds) <= listed  # every source.kind a user can set is listed
 
 
 def test_show_config_prints_loadable_resolved_yaml(capsys):

@@ -195,6 +195,10 @@ def source_kinds() -> dict[str, str]:
     import torchvision.models as models
 
     kinds = {
+        "source_only": "the source_only run of this experiment and seed, trained first when missing "
+        "(domain adaptation's default)",
+        "experiment NAME": "the run of shipped experiment NAME for this profile and seed, trained first "
+        "when missing (--set source.kind=experiment --set source.experiment=NAME)",
         "run RUN_DIR": "a run of this project (its selected T2)",
         "onnx FILE.onnx": "any framework's network exported to ONNX (forward only)",
         "torchvision NAME[:WEIGHTS]": "e.g. resnet50:IMAGENET1K_V1 (downloads weights unless cached)",

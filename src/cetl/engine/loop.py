@@ -396,21 +396,19 @@ class _Run:
             if world.is_main
             else NullLog()
         )
-        optimizers: dict[str, torch.optim.Optimizer] = {}
-        skip_non_finite = engine.on_nan == "skip_batch"
         watch = NonFiniteWatch(device, advice=lambda: _non_finite_advice(run_dir, state.rounds_done))
         balance = BalanceTracker(state.balance, announce=world.is_main)
         state.balance = balance.state
-        balance_every = train_config.balance_every
 
         self.world, self.device, self.selection, self.data, self.rules = world, device, selection, data, rules
         self.autocast, self.engine, self.networks, self.state = autocast, engine, networks, state
-        self.optimizer_states, self.log, self.optimizers = optimizer_states, log, optimizers
-        self.skip_non_finite, self.watch, self.balance = skip_non_finite, watch, balance
-        self.balance_every = balance_every
+        self.optimizer_states, self.log, self.watch, self.balance = optimizer_states, log, watch, balance
+        self.skip_non_finite = engine.on_nan == "skip_batch"
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.compiled: dict[Callable[[Batch], dict[str, Tensor]], Callable[[Batch], dict[str, Tensor]]] = {}
-        self.started = 0.0
-        self.clock = RunClock(start_fraction=0.0)
+        # The clock starts once setup (S's features, caches) is done, as a resumed run's did.
+        self.started = time.perf_counter() - state.elapsed
+        self.clock = RunClock(start_fraction=state.rounds_done / train_config.rounds)
 
     def optimizer_for(self, stage: Stage, update: Update) -> torch.optim.Optimizer:
         """The optimiser of ``(stage, update)``, made on first use and kept across rounds (D7);
@@ -528,8 +526,8 @@ class _Run:
                 )
             ):
                 terms: dict[str, Tensor] = {}
-                measure = self.balance_every is not None and (
-                    (stage_steps + 1) % self.balance_every == 0
+                measure = train_config.balance_every is not None and (
+                    (stage_steps + 1) % train_config.balance_every == 0
                     or (epoch == epochs - 1 and step_index == count - 1)
                 )
                 for update in updates:
@@ -643,8 +641,6 @@ class _Run:
     def run(self) -> TrainingResult:
         """Every round left (D7: until ``rounds``, or converged), then the selected weights back."""
         train_config, state, world = self.train_config, self.state, self.world
-        self.started = time.perf_counter() - state.elapsed
-        self.clock = RunClock(start_fraction=state.rounds_done / train_config.rounds)
         try:
             for round_index in range(state.rounds_done, train_config.rounds):
                 if train_config.tol is not None and state.calm_rounds >= train_config.patience:

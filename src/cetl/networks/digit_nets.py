@@ -110,12 +110,14 @@ def lenet(*, in_channels: int, image_size: int, num_classes: int) -> TapNetwork:
 
 TLLIB_BOTTLENECK = 256
 """Width of TLlib's DANN bottleneck (``--bottleneck-dim``'s default)."""
+TLLIB_INPUT = Normalize("normalize", 0.5, 0.5)
+"""TLlib's digits normalisation (``--norm-mean 0.5 --norm-std 0.5``), the first layer of its nets."""
 
 
 def lenet_tllib(*, in_channels: int, image_size: int, num_classes: int) -> TapNetwork:
     """TLlib's digits LeNet and head, inputs normalised as its recipe (mean 0.5, std 0.5); tap ``fc1``."""
     return TapNetwork.from_spec(
-        [Normalize("normalize", 0.5, 0.5), *lenet_spec(num_classes=num_classes)],
+        [TLLIB_INPUT, *lenet_spec(num_classes=num_classes)],
         name="lenet_tllib",
         in_channels=in_channels,
         image_size=image_size,
@@ -129,7 +131,7 @@ def lenet_tllib_bottleneck(*, in_channels: int, image_size: int, num_classes: in
     *body, head = lenet_spec(num_classes=num_classes)
     return TapNetwork.from_spec(
         [
-            Normalize("normalize", 0.5, 0.5),
+            TLLIB_INPUT,
             *body,
             Linear("bottleneck", TLLIB_BOTTLENECK, batch_norm=True),
             head,

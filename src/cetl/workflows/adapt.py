@@ -256,6 +256,7 @@ def adapt_config(
     from cetl.build import uses_source
     from cetl.config import parse_set_overrides
     from cetl.data.datasets import find_spec
+    from cetl.data.protocols import PROTOCOLS
     from cetl.experiments import merge_config, resolve
     from cetl.experiments.any_to_own import NAME as ADAPT_EXPERIMENT
     from cetl.networks import NETWORKS
@@ -265,7 +266,7 @@ def adapt_config(
     spec = find_spec(dataset)
     source_section = source_config(source, tap=tap)
     protocol = _protocol(source_section, spec.channels)
-    channels = 1 if protocol in ("drcn", "adda", "tllib") else 3
+    channels = PROTOCOLS[protocol].channels
     network = _network(target_net, channels, profile)
     NETWORKS.get(network)  # an unknown --target-net fails here, with "did you mean"
     data: dict[str, Any] = {"source": dataset, "target": dataset, "protocol": protocol}

@@ -77,7 +77,9 @@ def test_every_table_cell_names_a_registered_experiment_and_method():
 def test_tables_hold_the_papers_numbers():
     assert list(TABLES) == ["table2", "table3", "table4", "table5"]
     table5 = TABLES["table5"]
-    assert len(table5.rows) == 9 and table5.columns[0] == "MN→US"  # 7 paper rows, SHOT, the oracle
+    assert len(table5.rows) == 10 and table5.columns[0] == "MN→US"  # 7 paper rows, DRCN bare, SHOT, oracle
+    bare = table5.cell("DRCN, bare (without its authors' recipe)", "US→MN")
+    assert (bare.folder, bare.sets, bare.paper) == ("drcn-bare", ("method.recipe=bare",), None)
     assert table5.cell("SHOT (source-free, not in the paper)", "MN→US").method == "shot"
     assert table5.cell("ADDA", "MN→SV") is None  # a dash in the paper: no cell
     assert table5.cell("WDA", "MN→SV").paper == 23.5

@@ -111,7 +111,7 @@ def run_family(family: str, cells: list[str]) -> None:
                 out=OUT / family / cell.label,
                 data_root=data_root,
             )
-            print(f"{family} {cell.label} seed {seed}: val {summary['val_accuracy']:.4f}", flush=True)
+            print(f"{family} {cell.label} seed {seed}: val {summary.val_accuracy:.4f}", flush=True)
 
 
 def _cell_rows(family: str) -> list[dict[str, Any]]:
@@ -125,22 +125,22 @@ def _cell_rows(family: str) -> list[dict[str, Any]]:
             s = read_summary(cell_dir(S_ROOT, EXPERIMENT, PROFILE, "source_only", seed))
             if summary is None or s is None:
                 continue
-            inert = sorted({e["term"] for e in summary.get("inert_terms", []) if e["term"] in cell.defining})
+            inert = sorted({e["term"] for e in summary.inert_terms if e["term"] in cell.defining})
             ratios = {}
-            for update, terms in summary.get("term_balance", {}).items():
+            for update, terms in summary.term_balance.items():
                 for term, entry in terms.items():
                     if term in cell.defining:
                         ratios[f"{update}:{term}"] = entry["mean_ratio"]
             seeds.append(
                 {
                     "seed": seed,
-                    "val_accuracy": 100 * summary["val_accuracy"],
-                    "target_test_accuracy": 100 * summary["target_test_accuracy"],
-                    "paired_gain": 100 * (summary["target_test_accuracy"] - s["target_test_accuracy"]),
-                    "oracle_target_test_accuracy": 100 * summary["oracle_target_test_accuracy"],
+                    "val_accuracy": 100 * summary.val_accuracy,
+                    "target_test_accuracy": summary.target_test_percent,
+                    "paired_gain": summary.target_test_percent - s.target_test_percent,
+                    "oracle_target_test_accuracy": 100 * summary.oracle_target_test_accuracy,
                     "inert_defining_terms": inert,
                     "mean_ratio": ratios,
-                    "wall_seconds": summary["wall_seconds"],
+                    "wall_seconds": summary.wall_seconds,
                 }
             )
         complete = len(seeds) == len(SEEDS)

@@ -17,6 +17,7 @@ from cetl.experiments import resolve
 from cetl.methods import METHODS, Method
 from cetl.networks import NETWORKS
 from cetl.source import FrozenSource, source_from_network
+from cetl.summary import RunSummary
 
 DIGITS_INFO = DataInfo(num_classes=4, channels=1, image_size=28, sizes={}, notes=())
 """The synthetic digits (:func:`cetl.data.synthetic.synthetic_training_data`): 4 classes, 28×28 grey."""
@@ -73,3 +74,18 @@ def snapshot(module: nn.Module) -> dict[str, torch.Tensor]:
 
 def changed(before: dict[str, torch.Tensor], module: nn.Module) -> bool:
     return any(not torch.equal(before[key], value) for key, value in module.state_dict().items())
+
+
+def as_summary(fields: dict) -> RunSummary:
+    """A :class:`RunSummary` from the fields a report test cares about; the other required fields
+    get placeholder values (so each test states only what it checks)."""
+    required = {
+        "experiment": "digits_mn_to_us",
+        "method": "source_only",
+        "profile": "quick",
+        "seed": 0,
+        "target_test_accuracy": 0.5,
+        "selected_by": "source_val",
+        "wall_seconds": 1.0,
+    }
+    return RunSummary.from_json(required | fields)

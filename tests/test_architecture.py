@@ -22,7 +22,15 @@ LAYERS: tuple[tuple[str, ...], ...] = (
     ("cetl.engine", "cetl.methods"),
     ("cetl.fisher", "cetl.losses", "cetl.source", "cetl.networks", "cetl.monitor"),
     ("cetl.data",),
-    ("cetl.config", "cetl.registry", "cetl.errors", "cetl.files", "cetl.seeding", "cetl.version"),
+    (
+        "cetl.config",
+        "cetl.registry",
+        "cetl.errors",
+        "cetl.files",
+        "cetl.seeding",
+        "cetl.version",
+        "cetl.summary",
+    ),
 )
 """Top to bottom: a module may import its own layer's modules and any layer below, never one above."""
 

@@ -6,6 +6,7 @@ without the new keys (older runs, or the features switched off) must render exac
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import pytest
@@ -15,7 +16,9 @@ from cetl.report.collect import Run, balance_records
 from cetl.report.render import balance_series, stage_curve
 from cetl.report.results import CellResult, TableResult
 from cetl.report.tables import Header, write_table_report
+from cetl.summary import RunSummary
 from cetl.workflows.compare import _write, format_balance_table, format_table, summarise, summarise_balance
+from helpers import as_summary
 from test_report import EXPECTED_TABLE4_REPORT, TABLE4_HEADER, _run_summary, _table4_result
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -99,45 +102,49 @@ def _write_metrics(folder, records) -> None:
 
 def test_balance_series_is_per_update_and_term_in_training_order(tmp_path):
     _write_metrics(tmp_path / "run", _balance_records())
-    records = balance_records(Run(tmp_path / "run", {}))
+    records = balance_records(Run(tmp_path / "run", as_summary({})))
     assert len(records) == 6 and all(r["kind"] == "balance" for r in records)
     series = balance_series(records)
     assert list(series) == [RECON, "classify/target_net"]
     assert series[RECON]["dwa1"] == ([10, 20, 110, 120], [0.002, 0.002, 0.004, 0.004])
     assert series["classify/target_net"] == {"classify": ([50, 150], [0.3, 0.3])}
-    assert balance_records(Run(None, {})) == [] and balance_records(Run(tmp_path / "none", {})) == []
+    assert balance_records(Run(None, as_summary({}))) == []
+    assert balance_records(Run(tmp_path / "none", as_summary({}))) == []
 
 
 def test_stage_curve_places_stages_within_rounds_and_averages_seeds_sharing_the_layout():
     three = {"stage_history": _stage_history(0.5, stages=("a", "b", "c"))}  # another layout
-    curve = stage_curve([SEED0, SEED1, three, {"history": []}])
+    curve = stage_curve([as_summary(fields) for fields in (SEED0, SEED1, three, {"history": []})])
     assert curve is not None
     assert curve.x == (0.5, 1.0, 1.5, 2.0)
     assert curve.stages == ("reconstruct_target", "classify") * 2
     assert curve.target_test == pytest.approx((61.0, 66.0, 71.0, 76.0))
     assert curve.val == pytest.approx((90.0, 91.0, 90.0, 91.0))
     assert (curve.seeds, curve.left_out) == (2, 1)
-    assert stage_curve([{"history": []}, EMPTY]) is None
+    assert stage_curve([as_summary({"history": []}), as_summary(EMPTY)]) is None
 
 
 # --- cetl compare -----------------------------------------------------------------------------
 
 
-def _compare_summary(accuracy: float, seed: int, **extra) -> dict:
-    return {
-        "experiment": "digits_mn_to_us",
-        "seed": seed,
-        "target_test_accuracy": accuracy,
-        "selected_by": "source_val",
-        "classify_steps": 10,
-        "wall_seconds": 4.0,
-        "network": "lenet",
-        "protocol": "drcn",
-        "data_root": "sample",
-        "data_variants": {"mnist": "full"},
-        "device": "cpu",
-        "setting": "domain_adaptation",
-    } | extra
+def _compare_summary(accuracy: float, seed: int, **extra) -> RunSummary:
+    return as_summary(
+        {
+            "experiment": "digits_mn_to_us",
+            "seed": seed,
+            "target_test_accuracy": accuracy,
+            "selected_by": "source_val",
+            "classify_steps": 10,
+            "wall_seconds": 4.0,
+            "network": "lenet",
+            "protocol": "drcn",
+            "data_root": "sample",
+            "data_variants": {"mnist": "full"},
+            "device": "cpu",
+            "setting": "domain_adaptation",
+        }
+        | extra
+    )
 
 
 EXPECTED_BALANCE_TABLE = """\
@@ -219,8 +226,8 @@ def _table5_result(tmp_path) -> TableResult:
     _write_metrics(cetl_dir, _balance_records())
     runs = {
         "digits_mn_to_us/cetl": (
-            Run(cetl_dir, _run_summary("digits_mn_to_us", "cetl", 0, 0.8, network="lenet") | SEED0),
-            Run(None, _run_summary("digits_mn_to_us", "cetl", 1, 0.82, network="lenet") | SEED1),
+            Run(cetl_dir, _run_summary("digits_mn_to_us", "cetl", 0, 0.8, network="lenet", **SEED0)),
+            Run(None, _run_summary("digits_mn_to_us", "cetl", 1, 0.82, network="lenet", **SEED1)),
         ),
         "digits_mn_to_us/source_only": (
             Run(None, _run_summary("digits_mn_to_us", "source_only", 0, 0.7, network="lenet")),
@@ -274,7 +281,9 @@ def test_report_of_runs_without_the_new_data_is_unchanged(tmp_path):
     result = TableResult(
         result.table,
         tuple(
-            CellResult(c.cell, tuple(Run(r.path, r.summary | EMPTY) for r in c.runs), c.reason)
+            CellResult(
+                c.cell, tuple(Run(r.path, dataclasses.replace(r.summary, **EMPTY)) for r in c.runs), c.reason
+            )
             for c in result.cells
         ),
     )

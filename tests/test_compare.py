@@ -9,16 +9,20 @@ import pytest
 from cetl.cli import main
 from cetl.errors import ConfigError
 from cetl.experiments import resolve
+from cetl.summary import RunSummary
 from cetl.workflows.compare import MethodRow, format_table, parse_methods, reference_method, summarise
+from helpers import as_summary
 
 
-def _summary(accuracy: float, *, selected_by: str = "source_val") -> dict:
-    return {
-        "target_test_accuracy": accuracy,
-        "selected_by": selected_by,
-        "classify_steps": 10,
-        "wall_seconds": 4.0,
-    }
+def _summary(accuracy: float, *, selected_by: str = "source_val") -> RunSummary:
+    return as_summary(
+        {
+            "target_test_accuracy": accuracy,
+            "selected_by": selected_by,
+            "classify_steps": 10,
+            "wall_seconds": 4.0,
+        }
+    )
 
 
 def test_differences_are_paired_seed_by_seed_with_the_reference():

@@ -231,8 +231,8 @@ def test_teacher_is_trained_once_and_reused(data_root, tmp_path, monkeypatch):
     kd = resolve("kd_cifar10", method="kd", profile="smoke", sets=sets)
     summary = train_run(kd, run_dir=tmp_path / "kd", data_root=data_root)
     teacher_dir = tmp_path / "runs/kd_cifar10/smoke/source_only-resnet26/seed0"
-    assert summary["source_run"] == str(teacher_dir.relative_to(tmp_path))
-    assert 0.0 <= summary["source_accuracy_on_target"] <= 1.0
+    assert summary.source_run == str(teacher_dir.relative_to(tmp_path))
+    assert 0.0 <= summary.source_accuracy_on_target <= 1.0
     stamp = (teacher_dir / "summary.json").stat().st_mtime_ns
     fsp = resolve("kd_cifar10", method="fsp", profile="smoke", sets=sets)
     train_run(fsp, run_dir=tmp_path / "fsp", data_root=data_root)

@@ -133,7 +133,7 @@ def test_a_fine_tune_run_evaluates_and_exports_like_any_other(tmp_path, monkeypa
     run = tmp_path / "ft"
     summary = train_run(config, run_dir=run, data_root=data_root)
     report = evaluate_run(run, data_root=data_root)
-    assert report["target_test_accuracy"] == pytest.approx(summary["target_test_accuracy"])
+    assert report["target_test_accuracy"] == pytest.approx(summary.target_test_accuracy)
     assert report["val_accuracy"] is None  # nothing held out
     program = torch.export.load(str(export_run(run, fmt="pt")))
     _, net, _ = load_target_net(run)

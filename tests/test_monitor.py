@@ -15,6 +15,7 @@ from cetl.data.training import TrainingData
 from cetl.engine.validators import unsupervised_scores
 from cetl.monitor import BOUND_KEYS, bound_terms, gaussian_mmd
 from cetl.report.render import bound_series, write_report
+from cetl.summary import RunSummary
 
 
 def test_mmd_of_two_points_matches_the_hand_computed_value():
@@ -108,7 +109,7 @@ def test_cetl_run_logs_the_bound_and_unsupervised_selection_is_honoured(tmp_path
     assert summary["selected_round"] == best["round"]
     assert all(set(BOUND_KEYS) <= set(h) for h in history)
     assert summary["oracle_target_test_accuracy"] == max(h["target_test_accuracy"] for h in history)
-    report = write_report([summary], tmp_path / "report", title="t", intro="i")
+    report = write_report([RunSummary.from_json(summary)], tmp_path / "report", title="t", intro="i")
     assert "![error bound, Eq. 14](bound_cetl_e.png)" in report.read_text()
     assert (tmp_path / "report" / "bound_cetl_e.png").stat().st_size > 1000
 

@@ -10,28 +10,33 @@ from cetl.report.collect import Run, find_runs, match_cells
 from cetl.report.render import comparison_table, format_percent, gfi_kept_series, mean_curve, write_report
 from cetl.report.results import CellResult, TableResult
 from cetl.report.tables import Header, write_table_report
+from helpers import as_summary
 
 
 def summary(method, accuracy, val, selected_by="source_val"):
-    return {
-        "experiment": "digits_mn_to_us",
-        "method": method,
-        "profile": "quick",
-        "seed": 0,
-        "target_test_accuracy": accuracy,
-        "val_accuracy": val,
-        "selected_by": selected_by,
-        "selected_round": 6,
-        "rounds": 8,
-        "wall_seconds": 81.4,
-        "network": "lenet",
-        "protocol": "drcn",
-        "data_root": "sample",
-        "data_sizes": {"labelled_train": 10},
-        "device": "cpu",
-        "cetl_version": "0.1.0",
-        "history": [{"round": r, "val_accuracy": val, "target_test_accuracy": accuracy} for r in range(3)],
-    }
+    return as_summary(
+        {
+            "experiment": "digits_mn_to_us",
+            "method": method,
+            "profile": "quick",
+            "seed": 0,
+            "target_test_accuracy": accuracy,
+            "val_accuracy": val,
+            "selected_by": selected_by,
+            "selected_round": 6,
+            "rounds": 8,
+            "wall_seconds": 81.4,
+            "network": "lenet",
+            "protocol": "drcn",
+            "data_root": "sample",
+            "data_sizes": {"labelled_train": 10},
+            "device": "cpu",
+            "cetl_version": "0.1.0",
+            "history": [
+                {"round": r, "val_accuracy": val, "target_test_accuracy": accuracy} for r in range(3)
+            ],
+        }
+    )
 
 
 def test_format_percent():
@@ -110,7 +115,7 @@ def _run_summary(experiment, method, seed, accuracy, **extra):
             for r in range(2)
         ],
     }
-    return summary | extra
+    return as_summary(summary | extra)
 
 
 def _table4_result(tmp_path):
@@ -252,7 +257,7 @@ def test_table_report_text_is_exact_and_results_json_has_every_cell(tmp_path):
 def test_mean_curve_averages_seeds_at_shared_rounds_and_gfi_series_are_per_layer():
     a = {"history": [{"round": 0, "target_test_accuracy": 0.5}, {"round": 1, "target_test_accuracy": 0.7}]}
     b = {"history": [{"round": 0, "target_test_accuracy": 0.6}]}
-    rounds, values = mean_curve([a, b])
+    rounds, values = mean_curve([as_summary(a), as_summary(b)])
     assert rounds == [1] and values == pytest.approx([55.0])
     records = [
         {
@@ -269,7 +274,7 @@ def test_mean_curve_averages_seeds_at_shared_rounds_and_gfi_series_are_per_layer
 
 def _write_run(folder, summary):
     folder.mkdir(parents=True)
-    (folder / "summary.json").write_text(json.dumps(summary))
+    (folder / "summary.json").write_text(json.dumps(summary.to_json()))
 
 
 def test_report_command_fills_paper_cells_from_a_folder_of_runs(tmp_path, capsys):

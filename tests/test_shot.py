@@ -98,9 +98,9 @@ def test_a_shot_run_on_digits_evaluates_and_exports(tmp_path, monkeypatch, data_
     monkeypatch.chdir(tmp_path)  # S (source_only of the same seed) is trained here first
     config = resolve("digits_mn_to_us", method="shot", profile="smoke", sets=["train.rounds=1"])
     summary = train_run(config, run_dir=tmp_path / "shot", data_root=data_root)
-    assert summary["term_balance"]["adapt/features"].keys() == {"entropy", "diversity", "pseudo_label"}
+    assert summary.term_balance["adapt/features"].keys() == {"entropy", "diversity", "pseudo_label"}
     assert evaluate_run(tmp_path / "shot", data_root=data_root)["target_test_accuracy"] == pytest.approx(
-        summary["target_test_accuracy"]
+        summary.target_test_accuracy
     )
     _, net, _ = load_target_net(tmp_path / "shot")
     assert net(torch.rand(2, 1, 32, 32)).shape == (2, 10)

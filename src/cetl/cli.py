@@ -345,10 +345,10 @@ def _train(args: argparse.Namespace) -> int:
     if not current().is_main:
         return 0
     print(
-        f"{summary['experiment']} {summary['method']} ({summary['profile']}, seed {summary['seed']}): "
-        f"target test accuracy {100 * summary['target_test_accuracy']:.2f}% "
-        f"(selected by {summary['selected_by']}, round {summary['selected_round'] + 1}"
-        f"/{summary['rounds']}) in {summary['wall_seconds']:.0f} s on {summary['device']}\n"
+        f"{summary.experiment} {summary.method} ({summary.profile}, seed {summary.seed}): "
+        f"target test accuracy {100 * summary.target_test_accuracy:.2f}% "
+        f"(selected by {summary.selected_by}, round {summary.selected_round + 1}"
+        f"/{summary.rounds}) in {summary.wall_seconds:.0f} s on {summary.device}\n"
         f"run folder: {run_dir}"
     )
     return 0
@@ -493,7 +493,7 @@ def _adapt(args: argparse.Namespace) -> int:
             baselines=parse_baselines(args.baselines),
         )
     metrics = result.metrics
-    sizes = metrics["data_sizes"]
+    sizes = metrics.data_sizes
     measured = (
         f"target test accuracy {100 * result.accuracy:.2f}% on {sizes['target_test']} test images"
         if result.measured_on == "test"
@@ -501,11 +501,11 @@ def _adapt(args: argparse.Namespace) -> int:
         f"(the data has no test split)"
     )
     print(
-        f"adapt {metrics['method']} ({metrics['profile']}, seed {metrics['seed']}, {metrics['network']}): "
-        f"{measured} in {metrics['wall_seconds']:.0f} s\n"
-        f"run folder: {result.run_dir} ({', '.join(metrics['target_net_files'])}, summary.json)"
+        f"adapt {metrics.method} ({metrics.profile}, seed {metrics.seed}, {metrics.network}): "
+        f"{measured} in {metrics.wall_seconds:.0f} s\n"
+        f"run folder: {result.run_dir} ({', '.join(metrics.target_net_files)}, summary.json)"
     )
-    if metrics.get("baselines"):
+    if metrics.baselines:
         print(baseline_table(metrics), end="")
     return 0
 

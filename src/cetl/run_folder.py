@@ -19,7 +19,6 @@ import dataclasses
 import json
 import os
 from pathlib import Path
-from typing import Any
 
 import yaml
 
@@ -27,6 +26,7 @@ from cetl.config import ExperimentConfig
 from cetl.data.root import ENV_VAR, DataRoot, resolve_data_root, sample_root
 from cetl.errors import RunError
 from cetl.experiments import EXPERIMENTS, merge_config
+from cetl.summary import RunSummary, read_summary_file
 
 CONFIG_FILE = "config.yaml"
 
@@ -93,10 +93,10 @@ def read_config(run_dir: Path) -> ExperimentConfig:
     return merge_config(base, saved)
 
 
-def read_summary(run_dir: Path) -> dict[str, Any] | None:
+def read_summary(run_dir: Path) -> RunSummary | None:
     """A finished run's ``summary.json``, or ``None`` while the run is unfinished."""
     path = run_dir / SUMMARY_FILE
-    return json.loads(path.read_text(encoding="utf-8")) if path.exists() else None
+    return read_summary_file(path) if path.exists() else None
 
 
 def run_data_root(run_dir: Path, explicit: str | None) -> DataRoot:
@@ -113,6 +113,6 @@ def run_data_root(run_dir: Path, explicit: str | None) -> DataRoot:
         if saved.get("origin") != "cache":
             return DataRoot(Path(saved["path"]), "run", download=False)
     summary = read_summary(run_dir)  # runs from before data_root.json
-    if summary is not None and summary.get("data_root_origin") == "sample":
+    if summary is not None and summary.data_root_origin == "sample":
         return sample_root()
     return resolve_data_root(None)

@@ -20,6 +20,7 @@ from cetl.errors import ConfigError, RunError
 from cetl.experiments import resolve
 from cetl.experiments.paper import TEACHER, Cell, Table
 from cetl.run_folder import SUMMARY_FILE, read_summary
+from cetl.summary import RunSummary
 
 
 @dataclass(frozen=True)
@@ -27,11 +28,11 @@ class Run:
     """A finished run: its folder (``None`` when only its summary is at hand) and summary."""
 
     path: Path | None
-    summary: dict[str, Any]
+    summary: RunSummary
 
     @property
     def seed(self) -> int:
-        return int(self.summary["seed"])
+        return int(self.summary.seed)
 
 
 def find_runs(paths: Iterable[Path]) -> list[Run]:
@@ -65,12 +66,12 @@ def cell_network(cell: Cell, profile: str) -> str:
     return resolve(cell.experiment, method=cell.method, profile=profile).network.name
 
 
-def _is_cell(cell: Cell, summary: dict[str, Any], network: str) -> bool:
+def _is_cell(cell: Cell, summary: RunSummary, network: str) -> bool:
     method = "source_only" if cell.method == TEACHER else cell.method
     return (
-        summary["experiment"] in (cell.experiment, *cell.also)
-        and summary["method"] == method
-        and summary.get("network") == network
+        summary.experiment in (cell.experiment, *cell.also)
+        and summary.method == method
+        and summary.network == network
     )
 
 
@@ -83,7 +84,7 @@ def match_cells(
         RunError: two runs are the same cell and seed (say which folder to report).
     """
     candidates = [
-        run for run in runs if run.summary.get("profile") == profile and (seeds is None or run.seed in seeds)
+        run for run in runs if run.summary.profile == profile and (seeds is None or run.seed in seeds)
     ]
     matched: dict[str, list[Run]] = {}
     for cell in table.cells:
@@ -111,7 +112,7 @@ def pick_profile(runs: Sequence[Run], explicit: str | None) -> str:
     """
     if explicit:
         return explicit
-    profiles = sorted({str(run.summary.get("profile")) for run in runs})
+    profiles = sorted({str(run.summary.profile) for run in runs})
     if len(profiles) != 1:
         raise ConfigError(
             f"the runs given mix profiles ({', '.join(profiles)}), whose numbers are not "
@@ -147,5 +148,5 @@ def balance_records(run: Run) -> list[dict[str, Any]]:
 def device_counts(runs: Iterable[Run]) -> str:
     """The devices ``runs`` trained on, with how many runs each (``cpu ×36, cuda ×12``): a
     reproduction reuses cells wherever they were trained, so the machine reporting is not enough."""
-    counts = Counter(str(run.summary.get("device", "?")) for run in runs)
+    counts = Counter(str(run.summary.device) for run in runs)
     return ", ".join(f"{device} ×{count}" for device, count in sorted(counts.items()))

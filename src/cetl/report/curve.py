@@ -16,19 +16,19 @@ import statistics
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 from cetl.experiments.paper import TEACHER
 from cetl.report.results import CellResult, TableResult, cell_text
+from cetl.summary import RunSummary
 
 
-def labels_per_class(summary: dict[str, Any]) -> float | None:
+def labels_per_class(summary: RunSummary) -> float | None:
     """Labelled training images per class a run saw (``None`` for a run that does not say)."""
-    draw = summary.get("label_draw")
+    draw = summary.label_draw
     if draw:
         return float(draw["per_class"])
-    classes = summary.get("num_classes")
-    labelled = summary.get("data_sizes", {}).get("labelled_train")
+    classes = summary.num_classes
+    labelled = summary.data_sizes.get("labelled_train")
     return labelled / classes if classes and labelled else None
 
 
@@ -63,7 +63,7 @@ def curve_points(result: TableResult) -> dict[str, list[CurvePoint]]:
 
 
 def _by_seed(cell: CellResult) -> dict[int, float]:
-    return {run.seed: 100 * run.summary["target_test_accuracy"] for run in cell.runs}
+    return {run.seed: run.summary.target_test_percent for run in cell.runs}
 
 
 def paired_markdown(result: TableResult) -> str:

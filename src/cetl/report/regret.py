@@ -11,9 +11,9 @@ from __future__ import annotations
 
 import statistics
 from collections.abc import Sequence
-from typing import Any
 
 from cetl.engine.validators import RULES, regret
+from cetl.summary import RunSummary
 
 ORACLE_NOTE = (
     "Regret = oracle − chosen target test accuracy (points), mean over seeds; the oracle round is "
@@ -22,16 +22,16 @@ ORACLE_NOTE = (
 )
 
 
-def regret_markdown(groups: Sequence[tuple[str, Sequence[dict[str, Any]]]]) -> str:
+def regret_markdown(groups: Sequence[tuple[str, Sequence[RunSummary]]]) -> str:
     """The regret table for ``(label, run summaries)`` groups; empty when no run has a history."""
     cells: dict[str, dict[str, list[float]]] = {}
     used: dict[str, set[str]] = {}
     for label, summaries in groups:
         for summary in summaries:
-            history = [record for record in summary.get("history", []) if "target_test_accuracy" in record]
+            history = [record for record in summary.history if "target_test_accuracy" in record]
             if not history:
                 continue
-            used.setdefault(label, set()).add(summary.get("selected_by", ""))
+            used.setdefault(label, set()).add(summary.selected_by)
             for rule in RULES:
                 value = regret(history, rule)
                 if value is not None:

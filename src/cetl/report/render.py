@@ -20,6 +20,7 @@ from typing import Any
 
 from cetl.experiments.paper import paper_accuracy
 from cetl.files import atomic_write_bytes, atomic_write_text
+from cetl.summary import RunSummary
 
 METHOD_NOTES = {
     "target_only": "oracle: trained on target labels, which domain adaptation may not read",
@@ -37,7 +38,7 @@ def format_ratio(ratio: float) -> str:
     return f"{100 * ratio:.3g}"
 
 
-def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
+def comparison_table(summaries: Sequence[RunSummary]) -> str:
     """A Markdown table: one row per run, measured accuracy beside the paper's number."""
     lines = [
         "| method | target test acc. (%) | paper (%) | source val acc. (%) | selected by "
@@ -45,18 +46,18 @@ def comparison_table(summaries: Sequence[dict[str, Any]]) -> str:
         "|---|---:|---:|---:|---|---:|---:|",
     ]
     for s in summaries:
-        paper = paper_accuracy(s["method"], s["experiment"])
-        note = METHOD_NOTES.get(s["method"])
-        name = f"{s['method']}*" if note else s["method"]
-        val = format_percent(s["val_accuracy"]) if s["selected_by"] == "source_val" else "–"
+        paper = paper_accuracy(s.method, s.experiment)
+        note = METHOD_NOTES.get(s.method)
+        name = f"{s.method}*" if note else s.method
+        val = format_percent(s.val_accuracy) if s.selected_by == "source_val" else "–"
         lines.append(
-            f"| {name} | {format_percent(s['target_test_accuracy'])} | "
-            f"{'–' if paper is None else f'{paper:.2f}'} | {val} | {s['selected_by']} | "
-            f"{s['selected_round'] + 1}/{s['rounds']} | {s['wall_seconds']:.0f} |"
+            f"| {name} | {format_percent(s.target_test_accuracy)} | "
+            f"{'–' if paper is None else f'{paper:.2f}'} | {val} | {s.selected_by} | "
+            f"{s.selected_round + 1}/{s.rounds} | {s.wall_seconds:.0f} |"
         )
     notes = [
         f"\\* {m}: {METHOD_NOTES[m]}."
-        for m in dict.fromkeys(s["method"] for s in summaries)
+        for m in dict.fromkeys(s.method for s in summaries)
         if m in METHOD_NOTES
     ]
     return "\n".join(lines + (["", *notes] if notes else [])) + "\n"
@@ -98,26 +99,26 @@ def _save(figure: Any, path: Path) -> None:
     atomic_write_bytes(path, buffer.getvalue())
 
 
-def plot_curves(summaries: Sequence[dict[str, Any]], path: Path) -> None:
+def plot_curves(summaries: Sequence[RunSummary], path: Path) -> None:
     """Target test and validation accuracy per round, one line pair per run (PNG)."""
     plt = _pyplot()
     figure, axis = plt.subplots(figsize=(6.4, 4.0), dpi=120)
     for s in summaries:
-        rounds = [h["round"] + 1 for h in s["history"]]
+        rounds = [h["round"] + 1 for h in s.history]
         line = axis.plot(
             rounds,
-            [100 * h["target_test_accuracy"] for h in s["history"]],
+            [100 * h["target_test_accuracy"] for h in s.history],
             marker="o",
-            label=f"{s['method']}: target test",
+            label=f"{s.method}: target test",
         )[0]
-        if all(h["val_accuracy"] is not None for h in s["history"]):  # none: nothing held out
+        if all(h["val_accuracy"] is not None for h in s.history):  # none: nothing held out
             axis.plot(
                 rounds,
-                [100 * h["val_accuracy"] for h in s["history"]],
+                [100 * h["val_accuracy"] for h in s.history],
                 linestyle="--",
                 color=line.get_color(),
                 alpha=0.6,
-                label=f"{s['method']}: validation",
+                label=f"{s.method}: validation",
             )
     axis.set_xlabel("round")
     axis.set_ylabel("accuracy (%)")
@@ -136,10 +137,10 @@ def bound_series(history: Sequence[dict[str, Any]]) -> tuple[list[int], list[flo
     return [h["round"] + 1 for h in records], [v / top_lhs for v in lhs], [v / top_rhs for v in rhs]
 
 
-def plot_bound(summary: dict[str, Any], path: Path) -> bool:
+def plot_bound(summary: RunSummary, path: Path) -> bool:
     """The error bound of Eq. 14 per round, each side normalised by its maximum (the paper's
     Fig. 2), as a PNG; returns ``False`` (and writes nothing) when the run logged no bound."""
-    rounds, lhs, rhs = bound_series(summary["history"])
+    rounds, lhs, rhs = bound_series(summary.history)
     if not rounds:
         return False
     figure, axis = _pyplot().subplots(figsize=(5.6, 3.6), dpi=120)
@@ -147,27 +148,27 @@ def plot_bound(summary: dict[str, Any], path: Path) -> bool:
     axis.plot(rounds, rhs, marker="s", label="RHS: e_S + 2d + 3·M1 + 2·M2")
     axis.set_xlabel("round")
     axis.set_ylabel("normalised by its maximum")
-    axis.set_title(f"{summary['method']}, {summary['experiment']} (seed {summary['seed']})", fontsize="small")
+    axis.set_title(f"{summary.method}, {summary.experiment} (seed {summary.seed})", fontsize="small")
     _finish(figure, axis, path)
     return True
 
 
-def write_report(summaries: Sequence[dict[str, Any]], out_dir: Path, *, title: str, intro: str) -> Path:
+def write_report(summaries: Sequence[RunSummary], out_dir: Path, *, title: str, intro: str) -> Path:
     """``report.md`` with the comparison table and ``curves.png``; returns the report's path."""
     plot_curves(summaries, out_dir / "curves.png")
     bound_plots = [
-        f"bound_{s['method']}.png" for s in summaries if plot_bound(s, out_dir / f"bound_{s['method']}.png")
+        f"bound_{s.method}.png" for s in summaries if plot_bound(s, out_dir / f"bound_{s.method}.png")
     ]
     first = summaries[0]
     details = (
-        f"- experiment `{first['experiment']}`, profile `{first['profile']}`, seed {first['seed']}, "
-        f"network `{first['network']}`, protocol `{first['protocol']}`\n"
-        f"- data: {first['data_root']}; "
-        + ", ".join(f"{name.replace('_', ' ')} {count:,}" for name, count in first["data_sizes"].items())
+        f"- experiment `{first.experiment}`, profile `{first.profile}`, seed {first.seed}, "
+        f"network `{first.network}`, protocol `{first.protocol}`\n"
+        f"- data: {first.data_root}; "
+        + ", ".join(f"{name.replace('_', ' ')} {count:,}" for name, count in first.data_sizes.items())
         + "\n"
-        f"- device: {first['device']}; cetl {first['cetl_version']}\n"
+        f"- device: {first.device}; cetl {first.cetl_version}\n"
     )
-    notes = sorted({n for s in summaries for n in s.get("data_notes", [])})
+    notes = sorted({n for s in summaries for n in s.data_notes})
     text = (
         f"# {title}\n\n{intro}\n\n{comparison_table(summaries)}\n"
         f"![accuracy per round](curves.png)\n\n"
@@ -180,7 +181,7 @@ def write_report(summaries: Sequence[dict[str, Any]], out_dir: Path, *, title: s
     return path
 
 
-def mean_curve(summaries: Sequence[dict[str, Any]]) -> tuple[list[int], list[float]]:
+def mean_curve(summaries: Sequence[RunSummary]) -> tuple[list[int], list[float]]:
     """(rounds, mean target test accuracy in %) over runs, at the rounds every run evaluated.
 
     Seeds of one cell share a schedule, so this is the cell's learning curve; a round that one
@@ -188,16 +189,14 @@ def mean_curve(summaries: Sequence[dict[str, Any]]) -> tuple[list[int], list[flo
     """
     per_round: dict[int, list[float]] = {}
     for s in summaries:
-        for record in s["history"]:
+        for record in s.history:
             if "target_test_accuracy" in record:
                 per_round.setdefault(record["round"], []).append(record["target_test_accuracy"])
     rounds = sorted(r for r, values in per_round.items() if len(values) == len(summaries))
     return [r + 1 for r in rounds], [100 * sum(per_round[r]) / len(per_round[r]) for r in rounds]
 
 
-def plot_mean_curves(
-    groups: Sequence[tuple[str, Sequence[dict[str, Any]]]], path: Path, *, title: str
-) -> bool:
+def plot_mean_curves(groups: Sequence[tuple[str, Sequence[RunSummary]]], path: Path, *, title: str) -> bool:
     """One learning curve per (label, runs) group, mean over its runs (PNG); ``False`` (and no
     file) when no group has an evaluation record."""
     series = [(label, *mean_curve(runs)) for label, runs in groups]
@@ -361,10 +360,10 @@ class StageCurve:
     """Seeds with another stage layout (another schedule): not averaged in."""
 
 
-def stage_curve(summaries: Sequence[dict[str, Any]]) -> StageCurve | None:
+def stage_curve(summaries: Sequence[RunSummary]) -> StageCurve | None:
     """The per-stage curve of runs' ``stage_history``; ``None`` when no run has one (per-stage
     evaluation off, or a run from before it existed)."""
-    histories = [s["stage_history"] for s in summaries if s.get("stage_history")]
+    histories = [s.stage_history for s in summaries if s.stage_history]
     if not histories:
         return None
     layout = [(entry["round"], entry["stage"]) for entry in histories[0]]
@@ -393,7 +392,7 @@ def stage_curve(summaries: Sequence[dict[str, Any]]) -> StageCurve | None:
     )
 
 
-def plot_stage_curves(summaries: Sequence[dict[str, Any]], path: Path, *, title: str) -> bool:
+def plot_stage_curves(summaries: Sequence[RunSummary], path: Path, *, title: str) -> bool:
     """Accuracy after every stage of every round (PNG), so a stage that undoes what the one
     before it learnt shows as a dip inside a round; ``False`` (and no file) without
     ``stage_history``."""

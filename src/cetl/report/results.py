@@ -52,18 +52,18 @@ class CellResult(SeedStatistics):
     @property
     def accuracies(self) -> tuple[float, ...]:
         """Per seed, in %: the selected model's target test accuracy."""
-        return tuple(100 * run.summary["target_test_accuracy"] for run in self.runs)
+        return tuple(run.summary.target_test_percent for run in self.runs)
 
     @property
     def selected_by(self) -> str:
-        return ", ".join(sorted({run.summary["selected_by"] for run in self.runs}))
+        return ", ".join(sorted({run.summary.selected_by for run in self.runs}))
 
     @property
     def data_variants(self) -> dict[str, str]:
         """Dataset → ``full`` or ``subset``, over the cell's runs (a subset anywhere wins)."""
         variants: dict[str, str] = {}
         for run in self.runs:
-            for name, variant in run.summary.get("data_variants", {}).items():
+            for name, variant in run.summary.data_variants.items():
                 variants[name] = "subset" if "subset" in (variant, variants.get(name)) else variant
         return variants
 
@@ -74,7 +74,7 @@ class CellResult(SeedStatistics):
     @property
     def wall_seconds(self) -> float:
         """Training seconds summed over seeds (S's own training is its own cell's)."""
-        return sum(float(run.summary["wall_seconds"]) for run in self.runs)
+        return sum(float(run.summary.wall_seconds) for run in self.runs)
 
     def to_json(self) -> dict[str, Any]:
         cell = self.cell
@@ -96,7 +96,7 @@ class CellResult(SeedStatistics):
                 "mean": self.mean,
                 "std": self.std,
                 "selected_by": self.selected_by,
-                "profile": self.runs[0].summary["profile"],
+                "profile": self.runs[0].summary.profile,
                 "data": self.data,
                 "data_variants": self.data_variants,
                 "wall_seconds": round(self.wall_seconds, 2),

@@ -60,7 +60,7 @@ def data_line(results: Sequence[TableResult]) -> str:
     runs = measured_runs(results)
     if not runs:
         return "none measured yet"
-    roots = sorted({str(run.summary.get("data_root", "?")) for run in runs})
+    roots = sorted({str(run.summary.data_root) for run in runs})
     variants: dict[str, str] = {}
     for table in results:
         for cell in table.cells:
@@ -118,7 +118,7 @@ def inert_markdown(result: TableResult) -> str:
     lines = []
     for cell in result.cells:
         for run in cell.runs:
-            for entry in run.summary.get("inert_terms") or ():
+            for entry in run.summary.inert_terms or ():
                 rounds = entry["rounds"]
                 lines.append(
                     f"- {cell.cell.id}, seed {run.seed}: `{entry['term']}` of "
@@ -212,7 +212,7 @@ def plot_balance_and_stages(
     ``stages_<name>.png``, the accuracy after every stage over all runs; whether each had data.
     Gated on the summary, so runs from before term balance cost no read of their metrics.jsonl."""
     first = runs[0]
-    balance = bool(first.summary.get("term_balance")) and plot_term_balance(
+    balance = bool(first.summary.term_balance) and plot_term_balance(
         balance_records(first), out_dir / f"balance_{name}.png", title=f"{title}, seed {first.seed}"
     )
     stages = plot_stage_curves([run.summary for run in runs], out_dir / f"stages_{name}.png", title=title)
@@ -277,7 +277,7 @@ def report_markdown(
         if inert:
             lines += ["", inert.rstrip("\n")]
         measured = [c for c in result.cells if c.measured]
-        if any(run.summary.get("setting") == "domain_adaptation" for c in measured for run in c.runs):
+        if any(run.summary.setting == "domain_adaptation" for c in measured for run in c.runs):
             regret = regret_markdown([(c.cell.id, [run.summary for run in c.runs]) for c in measured])
             if regret:
                 lines += ["", "Selection regret per cell:", "", regret.rstrip("\n")]

@@ -33,6 +33,7 @@ are documented together above; each rule is a small function.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import io
 import os
 from collections.abc import Mapping, Sequence
@@ -41,6 +42,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from cetl.errors import ConfigError, DataError, RunError
+from cetl.summary import RunSummary
 
 if TYPE_CHECKING:  # heavy imports stay out of ``import cetl`` (the CLI starts fast)
     from torch import nn
@@ -62,7 +64,6 @@ RUN_PROTOCOLS = {
 }
 """A run source's protocol → the target's: the same image size and colour, without class lists
 (the user's classes are their own)."""
-_ACCURACY_KEY = {"test": "target_test_accuracy", "validation": "val_accuracy"}
 SMALL_VALIDATION = 100
 """Fewer validation images than this get a note: one image is more than a point of accuracy."""
 DEFAULT_BASELINES = ("target_only",)
@@ -81,13 +82,13 @@ class Result:
     Attributes:
         target_net: the trained T2 with its selected weights, in eval mode; takes
             ``(N, C, 32, 32)`` floats in [0, 1] (``config.data.protocol``) and returns logits.
-        metrics: the run's ``summary.json`` (``target_test_accuracy``, ``val_accuracy``, ...).
+        metrics: the run's ``summary.json`` (``metrics.target_test_accuracy``, ``.val_accuracy``, ...).
         run_dir: the run folder (``config.yaml``, ``metrics.jsonl``, ``target_net.onnx``/``.pt``).
         config: the resolved config; ``cetl train RUN_DIR/config.yaml`` reruns it.
     """
 
     target_net: nn.Module
-    metrics: dict[str, Any]
+    metrics: RunSummary
     run_dir: Path
     config: ExperimentConfig
 
@@ -95,12 +96,12 @@ class Result:
     def accuracy(self) -> float:
         """Target test accuracy in [0, 1], or the validation accuracy where the data has no test
         split (``measured_on`` says which)."""
-        return float(self.metrics[_ACCURACY_KEY[self.measured_on]])
+        return float(measured_accuracy(self.metrics)[1])
 
     @property
     def measured_on(self) -> str:
         """``test``, or ``validation`` for data without a test split."""
-        return "test" if self.metrics.get("target_test_accuracy") is not None else "validation"
+        return "test" if self.metrics.target_test_accuracy is not None else "validation"
 
 
 def adapt(
@@ -176,7 +177,7 @@ def adapt(
     config = configure(method)
     run_dir = Path(out) if out is not None else default_adapt_dir(config)
     summary = train_run(config, run_dir=run_dir, data_root=root, resume=resume, overwrite=overwrite)
-    held_out = summary["data_sizes"].get("labelled_val", 0)
+    held_out = summary.data_sizes.get("labelled_val", 0)
     if 0 < held_out < SMALL_VALIDATION:
         print(
             f"cetl: note: validation holds {held_out} images, so its accuracy moves by "
@@ -195,19 +196,17 @@ def adapt(
         )
         compared[baseline] = _baseline(baseline_config, folder, root, metrics)
     if compared:
-        from cetl.files import atomic_write_json
         from cetl.run_folder import SUMMARY_FILE
+        from cetl.summary import write_summary
 
-        metrics["baselines"] = compared
-        atomic_write_json(run_dir / SUMMARY_FILE, metrics)
+        metrics = dataclasses.replace(metrics, baselines=compared)
+        write_summary(run_dir / SUMMARY_FILE, metrics)
     return Result(target_net=net, metrics=metrics, run_dir=run_dir, config=config)
 
 
-def _baseline(
-    config: ExperimentConfig, run_dir: Path, root: DataRoot, metrics: dict[str, Any]
-) -> dict[str, Any]:
+def _baseline(config: ExperimentConfig, run_dir: Path, root: DataRoot, metrics: RunSummary) -> dict[str, Any]:
     """Train (or reuse, when it finished with this very config) one baseline; its record."""
-    key = "target_test_accuracy" if metrics.get("target_test_accuracy") is not None else "val_accuracy"
+    key, accuracy = measured_accuracy(metrics)
     from cetl.config import to_dict
     from cetl.run_folder import read_config, read_summary
     from cetl.workflows.runs import LAST_CHECKPOINT, config_differences, train_run
@@ -222,11 +221,11 @@ def _baseline(
             config, run_dir=run_dir, data_root=root, resume=(run_dir / LAST_CHECKPOINT).exists()
         )
     return {
-        "target_test_accuracy": summary["target_test_accuracy"],
-        "val_accuracy": summary["val_accuracy"],
-        "difference": 100 * (metrics[key] - summary[key]),
+        "target_test_accuracy": summary.target_test_accuracy,
+        "val_accuracy": summary.val_accuracy,
+        "difference": 100 * (accuracy - getattr(summary, key)),
         "measured_on": "test" if key == "target_test_accuracy" else "validation",
-        "wall_seconds": summary["wall_seconds"],
+        "wall_seconds": summary.wall_seconds,
         "run_dir": str(run_dir),
     }
 
@@ -312,17 +311,29 @@ def parse_baselines(text: str) -> tuple[str, ...]:
     return names
 
 
-def baseline_table(metrics: Mapping[str, Any]) -> str:
+def measured_accuracy(summary: RunSummary) -> tuple[str, float]:
+    """The accuracy a run is judged by, with its summary field: target test, else validation
+    (the user's data may have no test split)."""
+    if summary.target_test_accuracy is not None:
+        return "target_test_accuracy", summary.target_test_accuracy
+    if summary.val_accuracy is None:
+        raise RunError(
+            f"run {summary.method} seed {summary.seed} measured no accuracy (no test or validation split)"
+        )
+    return "val_accuracy", summary.val_accuracy
+
+
+def baseline_table(metrics: RunSummary) -> str:
     """The paired table ``cetl adapt`` prints: this run, then each baseline and its difference,
     on the target test split (on validation where the data has none)."""
-    key = "target_test_accuracy" if metrics.get("target_test_accuracy") is not None else "val_accuracy"
+    key, accuracy = measured_accuracy(metrics)
     where = "target test" if key == "target_test_accuracy" else "validation (no test split)"
     lines = [
         f"| method | {where} acc. (%) | this run minus it (points) | run folder |",
         "|---|---:|---:|---|",
-        f"| {metrics['method']} (this run) | {100 * metrics[key]:.2f} | – | – |",
+        f"| {metrics.method} (this run) | {100 * accuracy:.2f} | – | – |",
     ]
-    for name, entry in metrics.get("baselines", {}).items():
+    for name, entry in metrics.baselines.items():
         accuracy, difference = 100 * entry[key], entry["difference"]
         lines.append(f"| {name} | {accuracy:.2f} | {difference:+.2f} | {entry['run_dir']} |")
     return "\n".join(lines) + "\n"
@@ -460,13 +471,13 @@ def _classify_epochs(config: ExperimentConfig, spec: Any, labels_per_class: int 
 # --------------------------------------------------------------------------- outputs
 
 
-def _export_target_net(run_dir: Path) -> tuple[dict[str, Any], nn.Module]:
+def _export_target_net(run_dir: Path) -> tuple[RunSummary, nn.Module]:
     """Write ``target_net.pt`` (state dict) and ``target_net.onnx`` atomically; note them in the summary."""
     from cetl.build import load_target_net
     from cetl.engine.checkpoint import save_checkpoint
     from cetl.errors import CetlError
-    from cetl.files import atomic_write_json
     from cetl.run_folder import SUMMARY_FILE, read_summary
+    from cetl.summary import write_summary
     from cetl.workflows.serve import export_run
 
     _, net, _ = load_target_net(run_dir)
@@ -478,7 +489,9 @@ def _export_target_net(run_dir: Path) -> tuple[dict[str, Any], nn.Module]:
         files.append(TARGET_NET_ONNX)
     except CetlError as error:  # the onnx extra is missing: the run and the state dict stand
         print(f"cetl: note: {TARGET_NET_ONNX} not written: {error}")
-    summary = read_summary(run_dir) or {}
-    summary["target_net_files"] = files
-    atomic_write_json(run_dir / SUMMARY_FILE, summary)
+    finished = read_summary(run_dir)
+    if finished is None:
+        raise RunError(f"'{run_dir}' has no {SUMMARY_FILE}: the run did not finish")
+    summary = dataclasses.replace(finished, target_net_files=files)
+    write_summary(run_dir / SUMMARY_FILE, summary)
     return summary, net

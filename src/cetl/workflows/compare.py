@@ -45,6 +45,7 @@ from cetl.report.render import format_ratio
 from cetl.report.results import SeedStatistics
 from cetl.report.tables import plot_balance_and_stages
 from cetl.run_folder import read_config, read_summary
+from cetl.summary import RunSummary
 from cetl.workflows.runs import LAST_CHECKPOINT, config_differences, data_mismatch, train_run
 
 ORACLE_METHODS = frozenset({"target_only"})
@@ -142,7 +143,7 @@ def cell_differences(saved: ExperimentConfig, wanted: ExperimentConfig) -> list[
 
     def placed(config: ExperimentConfig) -> dict[str, Any]:
         values = to_dict(config)
-        path = values.get("source", {}).get("path")
+        path = values["source"].get("path")
         if path:
             values["source"]["path"] = "/".join(Path(path).parts[-CELL_PATH_PARTS:])
         return values
@@ -152,7 +153,7 @@ def cell_differences(saved: ExperimentConfig, wanted: ExperimentConfig) -> list[
 
 def finished_cell(
     run_dir: Path, config: ExperimentConfig, data_root: DataRoot | None = None
-) -> dict[str, Any] | None:
+) -> RunSummary | None:
     """The summary of a cell finished with ``config`` (on the data ``data_root`` holds, when
     given), ``None`` while unfinished.
 
@@ -188,7 +189,7 @@ def run_cell(
     out: Path,
     data_root: DataRoot,
     folder: str | None = None,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Train one cell (or return its finished summary); S is the same seed's ``source_only`` cell.
 
     ``folder`` names the cell's folder where it is not the method's (a configured variant of a
@@ -205,7 +206,7 @@ def run_cell(
 
 
 def summarise(
-    experiment: str, summaries: dict[str, dict[int, dict[str, Any]]], seeds: Sequence[int]
+    experiment: str, summaries: dict[str, dict[int, RunSummary]], seeds: Sequence[int]
 ) -> list[MethodRow]:
     """Rows for the methods whose every seed finished, paired with the reference on each seed."""
     methods = list(summaries)
@@ -216,10 +217,10 @@ def summarise(
         done = [seed for seed in seeds if seed in runs]
         if not done:
             continue
-        accuracies = tuple(100 * runs[seed]["target_test_accuracy"] for seed in done)
+        accuracies = tuple(runs[seed].target_test_percent for seed in done)
         differences = (
             tuple(
-                100 * (runs[seed]["target_test_accuracy"] - reference_runs[seed]["target_test_accuracy"])
+                runs[seed].target_test_percent - reference_runs[seed].target_test_percent
                 for seed in done
                 if seed in reference_runs
             )
@@ -233,9 +234,9 @@ def summarise(
                 seeds=tuple(done),
                 accuracies=accuracies,
                 differences=differences,
-                selected_by=first["selected_by"],
-                classify_steps=int(first.get("classify_steps", 0)),
-                wall_seconds=statistics.fmean(runs[seed]["wall_seconds"] for seed in done),
+                selected_by=first.selected_by,
+                classify_steps=int(first.classify_steps),
+                wall_seconds=statistics.fmean(runs[seed].wall_seconds for seed in done),
                 paper=paper_accuracy(method, experiment),
             )
         )
@@ -272,7 +273,7 @@ def format_table(rows: Sequence[MethodRow], *, reference: str, oracle: bool = Tr
 
 
 def summarise_balance(
-    rows: Sequence[MethodRow], summaries: dict[str, dict[int, dict[str, Any]]]
+    rows: Sequence[MethodRow], summaries: dict[str, dict[int, RunSummary]]
 ) -> list[TermRow]:
     """Per method row, every term its seeds' ``term_balance`` measured, in training order;
     empty for runs from before term balance (or with it switched off)."""
@@ -281,14 +282,14 @@ def summarise_balance(
         runs = [summaries[row.method][seed] for seed in row.seeds]
         ratios: dict[tuple[str, str], list[float]] = {}
         for summary in runs:
-            for update, terms in (summary.get("term_balance") or {}).items():
+            for update, terms in (summary.term_balance or {}).items():
                 for term, entry in terms.items():
                     ratios.setdefault((update, term), []).append(entry["mean_ratio"])
         # A set per seed: a seed counts once however many rounds it found the term inert in.
         inert = Counter(
             key
             for summary in runs
-            for key in {(f"{e['stage']}/{e['update']}", e["term"]) for e in summary.get("inert_terms") or ()}
+            for key in {(f"{e['stage']}/{e['update']}", e["term"]) for e in summary.inert_terms or ()}
         )
         term_rows += [
             TermRow(row.method, update, term, tuple(values), inert[update, term], len(runs))
@@ -325,7 +326,7 @@ def _write_plots(
     experiment: str,
     profile: str,
     rows: Sequence[MethodRow],
-    summaries: dict[str, dict[int, dict[str, Any]]],
+    summaries: dict[str, dict[int, RunSummary]],
 ) -> tuple[str, str]:
     """Per method, the term balance of its first seed and its accuracy after every stage (mean
     over seeds), as PNGs beside ``compare.md``; returns the Markdown linking those that had data
@@ -376,7 +377,7 @@ def compare(
     reference = reference_method(methods)
     order = [reference] + [m for m in methods if m != reference]
     folder = out / experiment / profile
-    summaries: dict[str, dict[int, dict[str, Any]]] = {m: {} for m in order}
+    summaries: dict[str, dict[int, RunSummary]] = {m: {} for m in order}
     cells = [(m, s) for m in order for s in seeds]
     trained_seconds: list[float] = []
     for number, (method, seed) in enumerate(cells, start=1):
@@ -393,11 +394,11 @@ def compare(
             1 for m, s in cells[number:] if read_summary(cell_dir(out, experiment, profile, m, s)) is None
         )
         eta = statistics.fmean(trained_seconds) * remaining if trained_seconds else math.nan
-        took = "reused" if was_finished else f"{summary['wall_seconds']:.0f} s"
+        took = "reused" if was_finished else f"{summary.wall_seconds:.0f} s"
         eta_text = f"; ETA {format_eta(eta)}" if remaining else ""
         log(
             f"[{number}/{len(cells)}] {experiment} {method} seed {seed}: "
-            f"{100 * summary['target_test_accuracy']:.2f}% ({took}){eta_text}"
+            f"{summary.target_test_percent:.2f}% ({took}){eta_text}"
         )
         if distributed.current().is_main:  # under torchrun every rank trains, rank 0 writes
             _write(folder, experiment, profile, seeds, sets, summaries, reference)
@@ -410,7 +411,7 @@ def _write(
     profile: str,
     seeds: Sequence[int],
     sets: Sequence[str],
-    summaries: dict[str, dict[int, dict[str, Any]]],
+    summaries: dict[str, dict[int, RunSummary]],
     reference: str,
 ) -> None:
     rows = summarise(experiment, summaries, seeds)
@@ -423,23 +424,22 @@ def _write(
     networks: dict[str, list[str]] = {}
     for method, runs in summaries.items():
         for summary in runs.values():
-            if method not in networks.setdefault(summary["network"], []):
-                networks[summary["network"]].append(method)
+            if method not in networks.setdefault(summary.network, []):
+                networks[summary.network].append(method)
     network = (
-        f"Network `{first['network']}`"
+        f"Network `{first.network}`"
         if len(networks) == 1
-        else "Networks "
-        + ", ".join(f"`{name}` ({', '.join(methods)})" for name, methods in networks.items())
+        else "Networks " + ", ".join(f"`{name}` ({', '.join(methods)})" for name, methods in networks.items())
     )
     header = (
         f"# {experiment}: `{profile}` profile, seeds {', '.join(map(str, seeds))}\n\n"
         f"Command: `{command}`  \n"
-        f"{network}, protocol `{first['protocol']}`, data {first['data_root']} "
-        f"({', '.join(f'{k} {v}' for k, v in first.get('data_variants', {}).items())}), "
-        f"device {first['device']}. Model selection never reads target labels; the paper column is "
+        f"{network}, protocol `{first.protocol}`, data {first.data_root} "
+        f"({', '.join(f'{k} {v}' for k, v in first.data_variants.items())}), "
+        f"device {first.device}. Model selection never reads target labels; the paper column is "
         f"the CETL paper's number for the same cell (its protocol and network, METHOD.md §8).\n\n"
     )
-    oracle = first.get("setting") == "domain_adaptation"
+    oracle = first.setting == "domain_adaptation"
     term_rows = summarise_balance(rows, summaries)
     balance = format_balance_table(term_rows)
     balance_plots, stage_plots = _write_plots(folder, experiment, profile, rows, summaries)

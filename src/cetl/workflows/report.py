@@ -37,7 +37,7 @@ def build_report(paths: Sequence[Path], *, out: Path | None = None, profile: str
     runs = find_runs(paths)
     experiments = {cell.experiment for table in TABLES.values() for cell in table.cells}
     experiments |= {also for table in TABLES.values() for cell in table.cells for also in cell.also}
-    in_tables = [run for run in runs if run.summary.get("experiment") in experiments]
+    in_tables = [run for run in runs if run.summary.experiment in experiments]
     if not in_tables:
         raise RunError(
             f"none of the {len(runs)} finished runs given is a cell of a paper table "

@@ -46,6 +46,7 @@ from cetl.report.collect import Run, device_counts
 from cetl.report.results import CellResult, TableResult
 from cetl.report.tables import Header, format_duration, measured_runs, write_table_report
 from cetl.run_folder import CONFIG_FILE, read_config, read_summary, source_run_config
+from cetl.summary import RunSummary
 from cetl.workflows.compare import (
     cell_config,
     cell_differences,
@@ -289,7 +290,7 @@ def _estimate(task: Task, tasks: Sequence[Task], trained: Sequence[float]) -> fl
     method's finished cells in other columns, else of the cells this call trained."""
     for same in (lambda t: t.cell == task.cell, lambda t: t.cell.method == task.cell.method):
         summaries = [read_summary(t.run_dir) for t in tasks if same(t) and t.state == "done"]
-        timed = [float(s["wall_seconds"]) for s in summaries if s is not None]
+        timed = [float(s.wall_seconds) for s in summaries if s is not None]
         if timed:
             return statistics.fmean(timed)
     return statistics.fmean(trained) if trained else math.nan
@@ -359,9 +360,9 @@ def reproduce(
             trained.append(time.perf_counter() - tick)
         left = [t for t in runnable[number:] if t.state != "done"]
         eta = sum(_estimate(t, tasks, trained) for t in left)
-        took = "reused" if task.state == "done" else f"{summary['wall_seconds']:.0f} s"
+        took = "reused" if task.state == "done" else f"{summary.wall_seconds:.0f} s"
         eta_text = f"; ETA {format_eta(eta)}" if left else ""
-        accuracy = 100 * summary["target_test_accuracy"]
+        accuracy = summary.target_test_percent
         log(
             f"[{number}/{len(runnable)}] {table.name} {task.cell.column} / {task.cell.row} "
             f"({task.cell.id}) seed {task.seed}: {accuracy:.2f}% ({took}){eta_text}"
@@ -372,7 +373,7 @@ def reproduce(
     return folder, failed
 
 
-def _run(task: Task, *, profile: str, sets: Sequence[str], out: Path, data_root: DataRoot) -> dict[str, Any]:
+def _run(task: Task, *, profile: str, sets: Sequence[str], out: Path, data_root: DataRoot) -> RunSummary:
     """Train (or reuse) one task through compare's cell machinery; the teacher as S of a student."""
     if task.cell.method == TEACHER:
         assert task.config is not None

@@ -43,6 +43,7 @@ from cetl.run_folder import (
     source_run_config,
     source_run_dir,
 )
+from cetl.summary import RunSummary, write_summary
 from cetl.version import __version__
 
 RUN_FILES = (
@@ -144,17 +145,17 @@ def config_differences(old: Any, new: Any, prefix: str = "") -> list[str]:
     return [] if old == new else [f"{prefix[:-1]} ({old!r} → {new!r})"]
 
 
-def data_mismatch(summary: dict[str, Any], data_root: DataRoot) -> str | None:
+def data_mismatch(summary: RunSummary, data_root: DataRoot) -> str | None:
     """Why a finished run's data is not what ``data_root`` holds, or ``None``: the bundled
     sample against a data folder, or a full set against a subset. Reusing such a run would
     report numbers of other data under this call's name (a config alone does not say)."""
-    ran_on_sample = summary.get("data_root_origin") == "sample"
+    ran_on_sample = summary.data_root_origin == "sample"
     if ran_on_sample != (data_root.origin == "sample"):
-        was = "the bundled sample" if ran_on_sample else str(summary.get("data_root", "a data folder"))
+        was = "the bundled sample" if ran_on_sample else summary.data_root
         return f"it was trained on {was}, and this call reads {data_root.describe()}"
     if ran_on_sample:
         return None
-    for name, variant in summary.get("data_variants", {}).items():
+    for name, variant in summary.data_variants.items():
         try:
             now = dataset_variant(name, data_root)
         except CetlError:  # absent here: the data layer says so, clearly, if the run needs it
@@ -191,7 +192,8 @@ def ensure_source_run(config: ExperimentConfig, *, data_root: DataRoot) -> Path:
                 f"the source run '{path}' was trained with another config than S needs "
                 f"(changed: {', '.join(differences)}); move it away, or point source.path elsewhere"
             )
-        why = data_mismatch(read_summary(path) or {}, data_root)
+        finished = read_summary(path)
+        why = data_mismatch(finished, data_root) if finished is not None else None
         if why:
             raise RunError(f"the source run '{path}' does not fit this call's data: {why}; move it away")
         return path
@@ -213,7 +215,7 @@ def train_run(
     data_root: DataRoot,
     resume: bool = False,
     overwrite: bool = False,
-) -> dict[str, Any]:
+) -> RunSummary:
     """Train ``config`` into ``run_dir`` and return (and write) its summary.
 
     Under torchrun every rank calls this; rank 0 alone writes files and prints notes.
@@ -261,60 +263,63 @@ def train_run(
         resume=resume,
         engine_config=config.engine,
     )
-    summary = {
-        "experiment": config.experiment,
-        "method": config.method.name,
-        "profile": config.profile,
-        "setting": config.setting,
-        "source_dataset": config.data.source,
-        "target_dataset": config.data.target,
-        "seed": config.seed,
-        "target_test_accuracy": result.target_test_accuracy,
-        "selected_by": result.selected_by,
-        "wall_seconds": round(result.wall_seconds, 2),
-        "device": result.device,
-        "world_size": world.size,
-        "cetl_version": __version__,
-        "val_accuracy": result.val_accuracy,
-        "selected_round": result.selected_round,
-        "rounds": result.rounds,
-        "classify_steps": result.term_steps.get("classify", 0),
-        "steps": result.steps,
-        "network": config.network.name,
-        "protocol": config.data.protocol,
-        "transductive": config.data.transductive,
+    source_accuracy = None
+    if source is not None and config.setting != "transfer":
+        # S shares T2's label space only outside transfer learning.
+        test = data.target_test.to(torch.device(result.device))
+        source.to(test.x.device)  # a method that only copies S's weights leaves S where it was built
+        source_accuracy = accuracy(source, test, autocast=contextlib.nullcontext())
+    # Labelled as an oracle: the best round by *target* accuracy, for the record only (anchors
+    # that report it as their result overstate it); selection never reads it.
+    scored = [record for record in result.history if record.get("target_test_accuracy") is not None]
+    oracle = max(scored, key=lambda record: record["target_test_accuracy"]) if scored else None
+    summary = RunSummary(
+        experiment=config.experiment,
+        method=config.method.name,
+        profile=config.profile,
+        setting=config.setting,
+        source_dataset=config.data.source,
+        target_dataset=config.data.target,
+        seed=config.seed,
+        target_test_accuracy=result.target_test_accuracy,
+        selected_by=result.selected_by,
+        wall_seconds=round(result.wall_seconds, 2),
+        device=result.device,
+        world_size=world.size,
+        cetl_version=__version__,
+        val_accuracy=result.val_accuracy,
+        selected_round=result.selected_round,
+        rounds=result.rounds,
+        classify_steps=result.term_steps.get("classify", 0),
+        steps=result.steps,
+        network=config.network.name,
+        protocol=config.data.protocol,
+        transductive=config.data.transductive,
         # The user's own data is read where it is named (``target_dataset``), not from a root.
-        "data_root": "not read: the run's data is the user's own (target_dataset)"
+        data_root="not read: the run's data is the user's own (target_dataset)"
         if is_custom(config.data.source) and is_custom(config.data.target)
         else data_root.describe(),
-        "data_root_origin": data_root.origin,
-        "num_classes": info.num_classes,
-        "data_sizes": info.sizes,
-        "data_variants": info.variants,
-        "data_notes": list(info.notes),
-    }
-    if info.label_draw is not None:
-        summary["label_draw"] = info.label_draw
-    if source is not None:
-        summary["source"] = source.description
-        summary["source_run"] = str(source_dir) if source_dir is not None else None
-        if config.setting != "transfer":  # S shares T2's label space only outside transfer learning
-            test = data.target_test.to(torch.device(result.device))
-            source.to(test.x.device)  # a method that only copies S's weights leaves S where it was built
-            summary["source_accuracy_on_target"] = accuracy(source, test, autocast=contextlib.nullcontext())
-    summary["history"] = result.history
-    summary["stage_history"] = result.stage_history
-    summary["term_balance"] = result.term_balance
-    summary["inert_terms"] = result.inert_terms
-    if result.history and result.target_test_accuracy is not None:
-        # Labelled as an oracle: the best round by *target* accuracy, for the record only (anchors
-        # that report it as their result overstate it); selection above never reads it.
-        oracle = max(result.history, key=lambda record: record["target_test_accuracy"])
-        summary["oracle_target_test_accuracy"] = oracle["target_test_accuracy"]
-        summary["oracle_round"] = oracle["round"]
+        data_root_origin=data_root.origin,
+        num_classes=info.num_classes,
+        data_sizes=dict(info.sizes),
+        data_variants=dict(info.variants),
+        data_notes=list(info.notes),
+        label_draw=info.label_draw,
+        source=source.description if source is not None else None,
+        source_run=str(source_dir) if source is not None and source_dir is not None else None,
+        source_accuracy_on_target=source_accuracy,
+        history=result.history,
+        stage_history=result.stage_history,
+        term_balance=result.term_balance,
+        inert_terms=result.inert_terms,
+        oracle_target_test_accuracy=None
+        if oracle is None or result.target_test_accuracy is None
+        else oracle["target_test_accuracy"],
+        oracle_round=None if oracle is None or result.target_test_accuracy is None else oracle["round"],
+        stage_seconds=_stage_seconds(run_dir) if world.is_main else {},
+    )
     if world.is_main:
-        summary["stage_seconds"] = _stage_seconds(run_dir)
-        atomic_write_json(run_dir / SUMMARY_FILE, summary)
+        write_summary(run_dir / SUMMARY_FILE, summary)
     world.barrier()  # the other ranks may read this run next (S of a coupling method)
     return summary
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+from pathlib import Path
 
 import pytest
 import torch
@@ -16,10 +17,16 @@ from cetl.errors import ConfigError
 from cetl.experiments import resolve
 from cetl.experiments.label_efficiency import LABELS_PER_CLASS, STUDIES
 from cetl.experiments.paper import TEACHER
+from cetl.report.carry import carried_cells
+from cetl.report.collect import Run
+from cetl.report.curve import labels_per_class
+from cetl.report.results import CellResult, TableResult
+from cetl.report.tables import Header, write_table_report
 from cetl.workflows.compare import cell_config
-from cetl.workflows.reproduce import get_table, reproduce
+from cetl.workflows.reproduce import get_table, report_from_manifest, reproduce
 from cetl.workflows.runs import evaluate_run, train_run
 from cetl.workflows.serve import export_run
+from helpers import as_summary
 
 
 def test_per_class_draws_are_stratified_reproducible_and_differ_across_seeds():
@@ -141,3 +148,92 @@ def test_a_fine_tune_run_evaluates_and_exports_like_any_other(tmp_path, monkeypa
     torch.testing.assert_close(program.module()(x), net(x))
     with pytest.raises(ConfigError, match="is a fine_tune run, whose network is a copy of its own source"):
         source_from_run(run, tap="coupling", temperature=4.0)
+
+
+# --- carrying finished columns into a later reproduction (cetl reproduce --carry) -------------
+
+
+def _first_reproduction(tmp_path: Path) -> Path:
+    """A results.json in which only the 10-labels column was measured, two seeds."""
+    table = get_table("label_efficiency_mn_to_us")
+    cells = []
+    for number, cell in enumerate(table.cells):
+        if cell.column != "10":
+            cells.append(CellResult(cell, (), "pending: not finished yet"))
+            continue
+        draw = None if cell.method == "teacher" else {"per_class": 10, "seed": 0, "indices": []}
+        runs = tuple(
+            Run(
+                None,
+                as_summary(
+                    {
+                        "experiment": cell.experiment,
+                        "method": cell.method,
+                        "seed": seed,
+                        "target_test_accuracy": 0.5 + 0.01 * number + 0.002 * seed,
+                        "label_draw": draw,
+                    }
+                ),
+            )
+            for seed in (0, 1)
+        )
+        cells.append(CellResult(cell, runs))
+    out = tmp_path / "first"
+    write_table_report([TableResult(table, tuple(cells))], Header("quick", (0, 1), "cpu", "cetl first"), out)
+    return out / "results.json"
+
+
+def test_carried_cells_are_reported_with_their_numbers_and_curve_place(tmp_path):
+    carried = _first_reproduction(tmp_path)
+    folder = tmp_path / "second"
+    folder.mkdir()
+    manifest = {
+        "table": "label_efficiency_mn_to_us",
+        "profile": "quick",
+        "seeds": [0, 1],
+        "sets": [],
+        "runs": str(tmp_path / "runs"),
+        "reasons": {},
+        "carry": [str(carried)],
+        "hardware": "cpu",
+        "command": "cetl second",
+    }
+    (folder / "reproduce.json").write_text(json.dumps(manifest))
+    report_from_manifest(folder)
+    before = {c["id"]: c for c in json.loads(carried.read_text())["tables"][0]["cells"]}
+    after = {c["id"]: c for c in json.loads((folder / "results.json").read_text())["tables"][0]["cells"]}
+    for cell_id, entry in before.items():
+        if entry["status"] != "measured":
+            assert after[cell_id]["status"] == "pending"  # nothing carried where nothing was measured
+            continue
+        assert after[cell_id]["accuracies"] == entry["accuracies"] and after[cell_id]["carried"] is True
+        assert after[cell_id].get("labels_per_class") == entry.get("labels_per_class")
+    text = (folder / "report.md").read_text()
+    assert f"- carried from `cetl first` ({carried}; no run folder here" in text
+    assert (folder / "curve_label_efficiency_mn_to_us.png").stat().st_size > 0
+    # A results.json from before labels_per_class was recorded: the curve's column is its x.
+    old = json.loads(carried.read_text())
+    for entry in old["tables"][0]["cells"]:
+        entry.pop("labels_per_class", None)
+    carried.write_text(json.dumps(old))
+    runs, _ = carried_cells(carried, get_table("label_efficiency_mn_to_us"), "quick")
+    assert {
+        labels_per_class(run.summary) for cell, rs in runs.items() if "teacher" not in cell for run in rs
+    } == {10.0}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"profile": "smoke"}, "of profile 'quick', this call's is 'smoke'"),
+        ({"table": "table5"}, "holds no table5 results"),
+        ({"text": "{oops"}, "cannot read it"),
+    ],
+)
+def test_a_results_file_that_does_not_fit_is_refused(tmp_path, change, message):
+    carried = _first_reproduction(tmp_path)
+    if "text" in change:
+        carried.write_text(change["text"])
+    table = get_table(change.get("table", "label_efficiency_mn_to_us"))
+    with pytest.raises(ConfigError, match=message):
+        carried_cells(carried, table, change.get("profile", "quick"))

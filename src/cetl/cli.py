@@ -237,6 +237,15 @@ def _reproduce_parsers(commands: argparse._SubParsersAction) -> None:
         help="runs root: cells as for cetl compare, the report in OUT/TABLE/PROFILE (default: runs)",
     )
     reproduce.add_argument(
+        "--carry",
+        type=Path,
+        action="append",
+        default=[],
+        metavar="RESULTS_JSON",
+        help="an earlier reproduction's results.json: cells with no finished run here are reported "
+        "from it (repeatable; the first file wins)",
+    )
+    reproduce.add_argument(
         "--dry-run",
         action="store_true",
         help="list what each cell would do (reuse, train, not run); train nothing",
@@ -532,6 +541,7 @@ def _reproduce(args: argparse.Namespace) -> int:
         sets=args.sets,
         only=args.only,
         command=_reproduce_command(args),
+        carry=args.carry,
     )
     print((folder / "report.md").read_text(encoding="utf-8"), end="")
     print(f"report: {folder / 'report.md'}, {folder / 'results.json'}")
@@ -543,6 +553,7 @@ def _reproduce_command(args: argparse.Namespace) -> str:
     parts = ["cetl reproduce", args.table, f"--profile {args.profile}", f"--seeds {args.seeds}"]
     parts += [f"--out {args.out}"] + [f"--set {s}" for s in args.sets]
     parts += [f"--only {' '.join(args.only)}"] if args.only else []
+    parts += [f"--carry {path}" for path in args.carry]
     return " ".join(parts)
 
 

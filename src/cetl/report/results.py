@@ -102,6 +102,11 @@ class CellResult(SeedStatistics):
                 "wall_seconds": round(self.wall_seconds, 2),
                 "runs": [str(run.path) for run in self.runs if run.path is not None],
             }
+            per_class = {run.summary.label_draw["per_class"] for run in self.runs if run.summary.label_draw}
+            if len(per_class) == 1:  # a curve's x (carried cells need it: cetl reproduce --carry)
+                entry["labels_per_class"] = per_class.pop()
+            if any(run.summary.extra.get("carried") for run in self.runs):
+                entry["carried"] = True
         return entry
 
 

@@ -42,6 +42,7 @@ from cetl.experiments.paper import TABLES, TEACHER, Cell, Table
 from cetl.files import atomic_write_json
 from cetl.methods import METHODS
 from cetl.registry import did_you_mean
+from cetl.report.carry import carried_cells
 from cetl.report.collect import Run, device_counts
 from cetl.report.results import CellResult, TableResult
 from cetl.report.tables import Header, format_duration, measured_runs, write_table_report
@@ -306,14 +307,20 @@ def reproduce(
     sets: Sequence[str] = (),
     only: Sequence[str] = (),
     command: str = "",
+    carry: Sequence[Path] = (),
     log: Callable[[str], None] = lambda line: print(line, file=sys.stderr),
 ) -> tuple[Path, int]:
     """Run the cells not finished yet and write the report; returns (report folder, failed cells).
+
+    ``carry``: earlier reproductions' ``results.json`` files; a cell with no finished run in its
+    folders is reported from the first of them that measured it (:mod:`cetl.report.carry`).
 
     Raises:
         RunError: a selected cell's folder holds a run with another config (nothing trains).
     """
     started = time.perf_counter()
+    for path in carry:  # a wrong file fails before anything trains
+        carried_cells(path, table, profile)
     selected = set(select_cells(table, only))
     tasks = plan(table, seeds, profile=profile, sets=sets, out=out, data_root=data_root)
     conflicts = [t for t in tasks if t.state == "conflict" and t.cell in selected]
@@ -333,6 +340,7 @@ def reproduce(
         "runs": str(out),
         "data_root": data_root.describe(),
         "command": command,
+        "carry": [str(path) for path in carry],
         "hardware": hardware(),
         "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
         "reasons": {},
@@ -411,16 +419,21 @@ def collect(manifest: dict[str, Any]) -> TableResult:
     it has none: the one reading of a reproduction, for ``cetl reproduce`` and ``cetl report``."""
     table = get_table(manifest["table"])
     out, profile, sets = Path(manifest["runs"]), manifest["profile"], manifest["sets"]
+    carried: dict[str, tuple[Run, ...]] = {}
+    for path in reversed(manifest.get("carry", [])):  # the first file given wins
+        carried |= carried_cells(Path(path), table, profile)[0]
     results = []
     for cell in table.cells:
         reason = manifest["reasons"].get(cell.id, "")
-        runs = []
+        runs: list[Run] = []
         if not reason.startswith("conflict"):  # a run with another config is never reported
             for seed in manifest["seeds"]:
                 _, run_dir = _cell_run(cell, seed, profile=profile, sets=sets, out=out)
                 summary = read_summary(run_dir)
                 if summary is not None:
                     runs.append(Run(run_dir, summary))
+        if not runs and cell.id in carried:
+            runs = list(carried[cell.id])
         results.append(CellResult(cell, tuple(runs), "" if runs else reason or "pending: not finished yet"))
     return TableResult(table, tuple(results))
 
@@ -429,6 +442,15 @@ def report_from_manifest(folder: Path, out_dir: Path | None = None) -> Path:
     """Re-render a reproduction's report from its folder (into ``out_dir``, default the folder)."""
     manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
     result = collect(manifest)
+    by_file: dict[str, list[str]] = {}
+    for cell in result.cells:
+        if cell.runs and cell.runs[0].summary.extra.get("carried"):
+            by_file.setdefault(cell.runs[0].summary.extra["carried"], []).append(cell.cell.id)
+    carry_lines = tuple(
+        f"- carried from `{carried_cells(Path(path), result.table, manifest['profile'])[1]}` ({path}; "
+        f"no run folder here, so no balance or stage plots): {', '.join(cells)}"
+        for path, cells in by_file.items()
+    )
     header = Header(
         profile=manifest["profile"],
         seeds=tuple(manifest["seeds"]),
@@ -438,6 +460,7 @@ def report_from_manifest(folder: Path, out_dir: Path | None = None) -> Path:
             f"- elapsed: {format_duration(manifest.get('elapsed_seconds', 0.0))} (the command's own time)",
             f"- runs trained on: {device_counts(measured_runs([result]))} "
             "(a reused cell keeps the device it was trained on)",
+            *carry_lines,
         ),
     )
     return write_table_report([result], header, out_dir or folder)

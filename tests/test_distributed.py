@@ -210,9 +210,20 @@ def two_ranks(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def one_process(tmp_path_factory) -> dict[str, tuple[dict, Path]]:
-    """The reference: each job in this (single) process, with the same global batch."""
+    """The reference: each job in this (single) process, with the same global batch.
+
+    It runs on one intra-op thread, as each rank does: the thread count changes the order of
+    float reductions; with this process on 2 threads that rounding, grown over the run, moved a
+    decoder bias of ``cetl_fi`` by 1e-4 (relative) and flipped a parameter of ``cetl``'s GFI
+    mask. Neither is part of what the test checks: how the ranks split and reduce the batch.
+    """
     folder = tmp_path_factory.mktemp("single")
-    return {job: (_run(job, folder / job), folder / job) for job in JOBS}
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        return {job: (_run(job, folder / job), folder / job) for job in JOBS}
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _records(run_dir: Path) -> list[dict]:
@@ -236,6 +247,10 @@ def _assert_close_records(ddp: list[dict], single: list[dict]) -> None:
             # Label-free scores such as IM are differences of O(1) entropies (log 10 ≈ 2.3) that nearly
             # cancel: their rounding is that of the terms, ~1e-5 absolute, not of the small result.
             absolute = 1e-5 if key.startswith("unsupervised_") else 1e-7
+            # A GFI mask keeps the parameters whose RF passes u: rounding flips the few that sit on u,
+            # so the kept fraction moves by whole parameters (1 of ~4e5 is 2.3e-6), not by rounding.
+            if "_kept" in key:
+                absolute = 1e-4
             if isinstance(value, float):
                 assert value == pytest.approx(b[key], rel=rel, abs=absolute), (a["kind"], a.get("stage"), key)
 
@@ -246,7 +261,7 @@ def test_two_ranks_train_what_one_process_trains(job, two_ranks, one_process):
     ranks = [torch.load(two_ranks / f"{job}-rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
     for name, value in single["weights"].items():
         assert torch.equal(ranks[0]["weights"][name], ranks[1]["weights"][name]), name  # bit-identical ranks
-        torch.testing.assert_close(ranks[0]["weights"][name], value, rtol=1e-5, atol=1e-6, msg=name)
+        torch.testing.assert_close(ranks[0]["weights"][name], value, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
     # Losses: rank 0's log holds the global-batch values, step by step.
     _assert_close_records(_records(two_ranks / job), _records(single_dir))
     assert ranks[0]["history"] == ranks[1]["history"]

@@ -261,7 +261,9 @@ def test_two_ranks_train_what_one_process_trains(job, two_ranks, one_process):
     ranks = [torch.load(two_ranks / f"{job}-rank{r}.pt", weights_only=False) for r in range(WORLD_SIZE)]
     for name, value in single["weights"].items():
         assert torch.equal(ranks[0]["weights"][name], ranks[1]["weights"][name]), name  # bit-identical ranks
-        torch.testing.assert_close(ranks[0]["weights"][name], value, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}")
+        torch.testing.assert_close(
+            ranks[0]["weights"][name], value, rtol=1e-5, atol=1e-6, msg=lambda m, name=name: f"{name}: {m}"
+        )
     # Losses: rank 0's log holds the global-batch values, step by step.
     _assert_close_records(_records(two_ranks / job), _records(single_dir))
     assert ranks[0]["history"] == ranks[1]["history"]

@@ -237,3 +237,25 @@ def test_a_results_file_that_does_not_fit_is_refused(tmp_path, change, message):
     table = get_table(change.get("table", "label_efficiency_mn_to_us"))
     with pytest.raises(ConfigError, match=message):
         carried_cells(carried, table, change.get("profile", "quick"))
+
+
+def test_a_curve_equal_to_an_earlier_one_is_drawn_dashed_and_named(tmp_path, monkeypatch):
+    """A control that is the very run of a baseline (same stage, same seed) must stay visible."""
+    from cetl.report import render
+
+    axes = []
+    monkeypatch.setattr(render, "_finish", lambda figure, axis, path: axes.append(axis))
+    same = [(1.0, 57.5, 4.9), (10.0, 81.6, 1.5)]
+    drawn = render.plot_band_curves(
+        {"target_only": same, "fine_tune": [(1.0, 81.0, 2.1), (10.0, 89.5, 0.8)], "baseline": list(same)},
+        tmp_path / "curve.png",
+        title="a title " * 30,
+        xlabel="labels per class",
+        ylabel="accuracy",
+    )
+    (axis,) = axes
+    assert drawn
+    labels = {line.get_label(): line.get_linestyle() for line in axis.get_lines()}
+    assert labels == {"target_only": "-", "fine_tune": "-", "baseline (= target_only)": "--"}
+    assert [tick.get_text() for tick in axis.get_xticklabels()] == ["1", "10"]
+    assert "\n" in axis.get_title()  # a long title wraps instead of running off the figure

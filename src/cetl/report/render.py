@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import math
 import statistics
+import textwrap
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -223,14 +224,23 @@ def plot_band_curves(
     reference: tuple[str, float] | None = None,
 ) -> bool:
     """One line per label through its ``(x, mean, std)`` points with a ± std band, on a log x
-    axis, and an optional horizontal ``(label, value)`` line; ``False`` (no file) without points."""
+    axis ticked at the measured x values, and an optional horizontal ``(label, value)`` line;
+    ``False`` (no file) without points.
+
+    A line whose points equal an earlier line's (e.g. a control that is the same run as a
+    baseline) is drawn dashed and labelled ``(= earlier)``: drawn plainly it would hide the
+    other one and look like a missing method.
+    """
     lines = {label: points for label, points in lines.items() if points}
     if not lines:
         return False
     figure, axis = _pyplot().subplots(figsize=(7.0, 4.4), dpi=120)
+    drawn: dict[tuple[tuple[float, float, float], ...], str] = {}
     for label, points in lines.items():
         xs, means, stds = zip(*points, strict=True)
-        line = axis.plot(xs, means, marker="o", markersize=3, label=label)[0]
+        same_as = drawn.setdefault(tuple(points), label)
+        style = {} if same_as == label else {"linestyle": "--", "label": f"{label} (= {same_as})"}
+        line = axis.plot(xs, means, marker="o", markersize=3, **({"label": label} | style))[0]
         axis.fill_between(
             xs,
             [m - s for m, s in zip(means, stds, strict=True)],
@@ -241,9 +251,12 @@ def plot_band_curves(
     if reference is not None:
         axis.axhline(reference[1], color="black", linestyle="--", linewidth=1, label=reference[0])
     axis.set_xscale("log")
+    ticks = sorted({x for points in lines.values() for x, _, _ in points if math.isfinite(x)})
+    axis.set_xticks(ticks, [f"{x:g}" for x in ticks])
+    axis.minorticks_off()
     axis.set_xlabel(xlabel)
     axis.set_ylabel(ylabel)
-    axis.set_title(title, fontsize="small")
+    axis.set_title(textwrap.fill(title, width=90), fontsize="small")
     _finish(figure, axis, path)
     return True
 

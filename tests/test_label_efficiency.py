@@ -210,6 +210,7 @@ def test_carried_cells_are_reported_with_their_numbers_and_curve_place(tmp_path)
         assert after[cell_id].get("labels_per_class") == entry.get("labels_per_class")
     text = (folder / "report.md").read_text()
     assert f"- carried from `cetl first` ({carried}; no run folder here" in text
+    assert text.count(" (carried)") == sum(entry["status"] == "measured" for entry in before.values())
     assert (folder / "curve_label_efficiency_mn_to_us.png").stat().st_size > 0
     # A results.json from before labels_per_class was recorded: the curve's column is its x.
     old = json.loads(carried.read_text())

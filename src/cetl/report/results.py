@@ -125,6 +125,8 @@ def _measured_text(result: CellResult, seeds: int) -> str:
     text = f"{result.mean:.2f} ± {result.std:.2f}"
     if len(result.runs) != seeds:
         text += f" (n={len(result.runs)})"
+    if any(run.summary.extra.get("carried") for run in result.runs):
+        text += " (carried)"  # measured by an earlier reproduction: the header names its command
     return text + (f" {SUBSET_MARK}" if result.data == "subset" else "")
 
 

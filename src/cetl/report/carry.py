@@ -81,6 +81,8 @@ def _seed_summary(
         selected_by=entry.get("selected_by", "?"),
         wall_seconds=float(entry.get("wall_seconds", 0.0)) / max(1, int(entry.get("n", 1))),
         data_variants=dict(entry.get("data_variants", {})),
+        device="carried",  # the report's header counts devices and roots: name what it cannot know
+        data_root="carried",
         label_draw=None if per_class is None else {"per_class": per_class},
         extra={"carried": str(path)},  # which file, for the report's header
     )

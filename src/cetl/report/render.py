@@ -239,8 +239,10 @@ def plot_band_curves(
     for label, points in lines.items():
         xs, means, stds = zip(*points, strict=True)
         same_as = drawn.setdefault(tuple(points), label)
-        style = {} if same_as == label else {"linestyle": "--", "label": f"{label} (= {same_as})"}
-        line = axis.plot(xs, means, marker="o", markersize=3, **({"label": label} | style))[0]
+        style = {"label": label}
+        if same_as != label:
+            style = {"label": f"{label} (= {same_as})", "linestyle": "--"}
+        line = axis.plot(xs, means, marker="o", markersize=3, **style)[0]
         axis.fill_between(
             xs,
             [m - s for m, s in zip(means, stds, strict=True)],

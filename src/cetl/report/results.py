@@ -72,6 +72,12 @@ class CellResult(SeedStatistics):
         return "subset" if "subset" in self.data_variants.values() else "full"
 
     @property
+    def carried_from(self) -> str | None:
+        """The earlier ``results.json`` this cell's numbers were carried from (``cetl reproduce
+        --carry``), or ``None`` for a cell measured from run folders; a cell is carried whole."""
+        return self.runs[0].summary.extra.get("carried") if self.runs else None
+
+    @property
     def wall_seconds(self) -> float:
         """Training seconds summed over seeds (S's own training is its own cell's)."""
         return sum(float(run.summary.wall_seconds) for run in self.runs)
@@ -105,7 +111,7 @@ class CellResult(SeedStatistics):
             per_class = {run.summary.label_draw["per_class"] for run in self.runs if run.summary.label_draw}
             if len(per_class) == 1:  # a curve's x (carried cells need it: cetl reproduce --carry)
                 entry["labels_per_class"] = per_class.pop()
-            if any(run.summary.extra.get("carried") for run in self.runs):
+            if self.carried_from is not None:
                 entry["carried"] = True
         return entry
 
@@ -125,7 +131,7 @@ def _measured_text(result: CellResult, seeds: int) -> str:
     text = f"{result.mean:.2f} ± {result.std:.2f}"
     if len(result.runs) != seeds:
         text += f" (n={len(result.runs)})"
-    if any(run.summary.extra.get("carried") for run in result.runs):
+    if result.carried_from is not None:
         text += " (carried)"  # measured by an earlier reproduction: the header names its command
     return text + (f" {SUBSET_MARK}" if result.data == "subset" else "")
 

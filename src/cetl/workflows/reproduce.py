@@ -444,8 +444,8 @@ def report_from_manifest(folder: Path, out_dir: Path | None = None) -> Path:
     result = collect(manifest)
     by_file: dict[str, list[str]] = {}
     for cell in result.cells:
-        if cell.runs and cell.runs[0].summary.extra.get("carried"):
-            by_file.setdefault(cell.runs[0].summary.extra["carried"], []).append(cell.cell.id)
+        if cell.carried_from is not None:
+            by_file.setdefault(cell.carried_from, []).append(cell.cell.id)
     carry_lines = tuple(
         f"- carried from `{carried_cells(Path(path), result.table, manifest['profile'])[1]}` ({path}; "
         f"no run folder here, so no balance or stage plots): {', '.join(cells)}"

@@ -251,7 +251,8 @@ def test_table_report_text_is_exact_and_results_json_has_every_cell(tmp_path):
         and "CIFAR-100" in cells["kd_cifar100/cetl"]["reason"]
     )
     assert cells["kd_cifar10/fitnets"]["status"] == "failed"
-    assert "99" not in json.dumps(student)  # the oracle number is never reported
+    # The oracle number is never reported; the per-round histories carry what the curves plot.
+    assert "oracle" not in json.dumps(student) and "0.99" not in json.dumps(student["selection_histories"])
 
 
 def test_mean_curve_averages_seeds_at_shared_rounds_and_gfi_series_are_per_layer():
@@ -315,3 +316,58 @@ def test_report_command_errors(tmp_path, capsys):
     _write_run(tmp_path / "other" / "seed0", _run_summary("pretrain_cicnn_mnist", "source_only", 0, 0.9))
     assert main(["report", str(tmp_path / "other")]) == 1
     assert "is a cell of a paper table" in capsys.readouterr().err
+
+
+def test_a_carried_cell_keeps_its_regret_row_and_learning_curve(tmp_path):
+    """A later reproduction that carries a domain-adaptation cell (its run folders gone) must show
+    the regret the measuring report showed, computed from the same per-round scores."""
+    from cetl.report.carry import carried_cells
+    from cetl.report.regret import regret_markdown
+
+    table = TABLES["table5"]
+    rounds = [(0.90, 0.70, -1.0, 0.4), (0.95, 0.75, -2.0, 0.3), (0.93, 0.80, -1.5, 0.2)]
+    history = [
+        {"kind": "eval", "round": r, "step": 10 * r, "val_accuracy": val, "target_test_accuracy": test}
+        | {"unsupervised_im": im, "unsupervised_snd": snd, "balance/unrelated": 1.0}
+        for r, (val, test, im, snd) in enumerate(rounds)
+    ]
+    runs = tuple(
+        Run(
+            None,
+            _run_summary("digits_mn_to_us", "dann", seed, 0.75, setting="domain_adaptation", history=history),
+        )
+        for seed in (0, 1)
+    )
+    cells = tuple(
+        CellResult(cell, runs, "")
+        if cell.id == "digits_mn_to_us/dann"
+        else CellResult(cell, (), "pending: x")
+        for cell in table.cells
+    )
+    out = tmp_path / "first"
+    write_table_report([TableResult(table, cells)], Header("quick", (0, 1), "cpu", "cetl first"), out)
+    assert "| digits_mn_to_us/dann | 5.00 | 0.00* | 5.00 | 0.00 |" in (out / "report.md").read_text()
+
+    carried, _ = carried_cells(out / "results.json", table, "quick")
+    (carried_runs,) = carried.values()
+    assert [run.summary.setting for run in carried_runs] == ["domain_adaptation"] * 2
+    assert carried_runs[0].summary.history[1] == {
+        "round": 1,
+        "val_accuracy": 0.95,
+        "target_test_accuracy": 0.75,
+        "unsupervised_im": -2.0,
+        "unsupervised_snd": 0.3,
+    }  # what selection and the curves read, not every logged key
+    before = regret_markdown([("dann", [run.summary for run in runs])])
+    assert before and regret_markdown([("dann", [run.summary for run in carried_runs])]) == before
+    second = tmp_path / "second"
+    carried_result = tuple(
+        CellResult(cell, carried.get(cell.id, ()), "" if cell.id in carried else "pending: x")
+        for cell in table.cells
+    )
+    write_table_report([TableResult(table, carried_result)], Header("quick", (0, 1), "cpu", "cetl 2"), second)
+    text = (second / "report.md").read_text()
+    assert (
+        "| digits_mn_to_us/dann | 5.00 | 0.00* | 5.00 | 0.00 |" in text and "75.00 ± 0.00 (carried)" in text
+    )
+    assert (second / "curves_table5_mn_us.png").stat().st_size > 0

@@ -8,7 +8,9 @@ each carried cell named as such (its source command is in the report's header), 
 re-training finished columns or hand-merging tables.
 
 A carried cell has no run folder, so its balance and per-stage plots are not redrawn; its
-numbers, seeds and curve position are exactly those of the file. Pairing across cells stays
+numbers, seeds and curve position are exactly those of the file, and so are its per-round
+selection scores where the file has them (``selection_histories``, written since 2026-12-06):
+its regret row and learning curve are those of the report that measured it. Pairing across cells stays
 seed by seed: a column should be trained (or carried) as a whole so that every method of it
 shares one S per seed.
 """
@@ -54,15 +56,28 @@ def carried_cells(path: Path, table: Table, profile: str) -> tuple[dict[str, tup
         cell = cells.get(entry.get("id"))
         if cell is None or entry.get("status") != "measured":
             continue  # a cell since removed from the table, or one that had no number
+        histories = entry.get("selection_histories") or [[] for _ in entry["seeds"]]  # older files: none
         carried[cell.id] = tuple(
-            Run(None, _seed_summary(entry, seed, accuracy, profile, curve=table.curve is not None, path=path))
-            for seed, accuracy in zip(entry["seeds"], entry["accuracies"], strict=True)
+            Run(
+                None,
+                _seed_summary(
+                    entry, seed, accuracy, profile, curve=table.curve is not None, path=path, history=history
+                ),
+            )
+            for seed, accuracy, history in zip(entry["seeds"], entry["accuracies"], histories, strict=True)
         )
     return carried, str(data.get("command", ""))
 
 
 def _seed_summary(
-    entry: dict[str, Any], seed: int, accuracy: float, profile: str, *, curve: bool, path: Path
+    entry: dict[str, Any],
+    seed: int,
+    accuracy: float,
+    profile: str,
+    *,
+    curve: bool,
+    path: Path,
+    history: list[dict[str, Any]],
 ) -> RunSummary:
     """What a report reads of one seed's run, rebuilt from its cell's entry."""
     per_class = entry.get("labels_per_class")
@@ -79,10 +94,12 @@ def _seed_summary(
         seed=int(seed),
         target_test_accuracy=accuracy / 100,
         selected_by=entry.get("selected_by", "?"),
+        setting=entry.get("setting", ""),  # a domain-adaptation cell's report shows its regret
         wall_seconds=float(entry.get("wall_seconds", 0.0)) / max(1, int(entry.get("n", 1))),
         data_variants=dict(entry.get("data_variants", {})),
         device="carried",  # the report's header counts devices and roots: name what it cannot know
         data_root="carried",
         label_draw=None if per_class is None else {"per_class": per_class},
+        history=list(history),  # its rounds' scores: the regret table and learning curve read them
         extra={"carried": str(path)},  # which file, for the report's header
     )

@@ -199,12 +199,16 @@ def chosen_record(history: list[dict[str, Any]], rule: str) -> dict[str, Any] | 
     return max(history, key=lambda record: selection_score(rule, record))
 
 
-def selection_record(record: dict[str, Any]) -> dict[str, Any]:
-    """The part of an evaluation record that :func:`chosen_record`, :func:`regret` and a learning
-    curve read: its round, target test and validation accuracy and every rule's score. Kept per
-    seed in a report's ``results.json`` so a cell carried into a later report keeps its regret."""
+def selection_history(history: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A run's evaluation records cut to what :func:`chosen_record`, :func:`regret` and a learning
+    curve read: each round, its target test and validation accuracy and every rule's score. Kept
+    per seed in a report's ``results.json``, so a cell carried into a later report keeps its regret."""
     keys = ("round", "target_test_accuracy", "val_accuracy")
-    return {k: v for k, v in record.items() if k in keys or k.startswith("unsupervised_")}
+    return [
+        {k: v for k, v in record.items() if k in keys or k.startswith("unsupervised_")}
+        for record in history
+        if "target_test_accuracy" in record
+    ]
 
 
 def regret(history: list[dict[str, Any]], rule: str) -> float | None:

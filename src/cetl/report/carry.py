@@ -10,9 +10,9 @@ re-training finished columns or hand-merging tables.
 A carried cell has no run folder, so its balance and per-stage plots are not redrawn; its
 numbers, seeds and curve position are exactly those of the file, and so are its per-round
 selection scores where the file has them (``selection_histories``, written since 2026-12-06):
-its regret row and learning curve are those of the report that measured it. Pairing across cells stays
-seed by seed: a column should be trained (or carried) as a whole so that every method of it
-shares one S per seed.
+its regret row and learning curve are those of the report that measured it. Pairing across
+cells stays seed by seed: a column should be trained (or carried) as a whole so that every
+method of it shares one S per seed.
 """
 
 from __future__ import annotations

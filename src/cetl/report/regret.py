@@ -12,7 +12,7 @@ from __future__ import annotations
 import statistics
 from collections.abc import Sequence
 
-from cetl.engine.validators import RULES, regret
+from cetl.engine.validators import RULES, regret, selection_history
 from cetl.summary import RunSummary
 
 ORACLE_NOTE = (
@@ -28,7 +28,7 @@ def regret_markdown(groups: Sequence[tuple[str, Sequence[RunSummary]]]) -> str:
     used: dict[str, set[str]] = {}
     for label, summaries in groups:
         for summary in summaries:
-            history = [record for record in summary.history if "target_test_accuracy" in record]
+            history = selection_history(summary.history)
             if not history:
                 continue
             used.setdefault(label, set()).add(summary.selected_by)

@@ -9,7 +9,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
-from cetl.engine.validators import selection_record
+from cetl.engine.validators import selection_history
 from cetl.experiments.paper import Cell, Table
 from cetl.report.collect import Run
 
@@ -111,10 +111,7 @@ class CellResult(SeedStatistics):
                 "runs": [str(run.path) for run in self.runs if run.path is not None],
                 # Per seed, what the regret table and the learning curves read: a later report
                 # that carries this cell (cetl reproduce --carry) shows them without its runs.
-                "selection_histories": [
-                    [selection_record(r) for r in run.summary.history if "target_test_accuracy" in r]
-                    for run in self.runs
-                ],
+                "selection_histories": [selection_history(run.summary.history) for run in self.runs],
             }
             per_class = {run.summary.label_draw["per_class"] for run in self.runs if run.summary.label_draw}
             if len(per_class) == 1:  # a curve's x (carried cells need it: cetl reproduce --carry)

@@ -12,8 +12,9 @@ import torch
 from cetl.build import build_training_data, load_target_net, source_from_run
 from cetl.config import DataConfig
 from cetl.data.labelled import LabelledSet
+from cetl.data.root import DataRoot
 from cetl.data.subsets import per_class_indices, split_validation
-from cetl.errors import ConfigError
+from cetl.errors import ConfigError, RunError
 from cetl.experiments import resolve
 from cetl.experiments.label_efficiency import LABELS_PER_CLASS, STUDIES
 from cetl.experiments.paper import TEACHER
@@ -23,7 +24,7 @@ from cetl.report.curve import labels_per_class
 from cetl.report.results import CellResult, TableResult
 from cetl.report.tables import Header, write_table_report
 from cetl.workflows.compare import cell_config
-from cetl.workflows.reproduce import get_table, report_from_manifest, reproduce
+from cetl.workflows.reproduce import CALLS_DIR, get_table, report_from_manifest, reproduce
 from cetl.workflows.runs import evaluate_run, train_run
 from cetl.workflows.serve import export_run
 from helpers import as_summary
@@ -221,6 +222,30 @@ def test_carried_cells_are_reported_with_their_numbers_and_curve_place(tmp_path)
     assert {
         labels_per_class(run.summary) for cell, rs in runs.items() if "teacher" not in cell for run in rs
     } == {10.0}
+
+
+def test_calls_into_one_folder_keep_every_command_and_what_an_earlier_call_carried(tmp_path):
+    """A study filled cell by cell (one ``--only`` call each, even side by side) reports all of them."""
+    carried = _first_reproduction(tmp_path)
+    table = get_table("label_efficiency_mn_to_us")
+    empty = DataRoot(tmp_path / "nothing", "option", download=False)  # every cell 'not run': nothing trains
+    (tmp_path / "nothing").mkdir()
+    out = tmp_path / "runs"
+    common = {"profile": "quick", "out": out, "data_root": empty, "log": lambda line: None}
+    reproduce(table, [0, 1], only=["tl_mn_to_us_n1"], command="cetl first call", carry=[carried], **common)
+    folder, _ = reproduce(table, [0, 1], only=["tl_mn_to_us_n5"], command="cetl second call", **common)
+    assert len(list((folder / CALLS_DIR).glob("*.json"))) == 2
+    text = (folder / "report.md").read_text()
+    assert "- commands (2 calls into this folder):" in text and "(the 2 calls' span" in text
+    assert "  - `cetl first call` (started " in text and "  - `cetl second call` (started " in text
+    assert "- command: `" not in text  # one list, not the last call's command alone
+    results = json.loads((folder / "results.json").read_text())
+    assert [c.split("`")[1] for c in results["commands"]] == ["cetl first call", "cetl second call"]
+    cells = {cell["id"]: cell for cell in results["tables"][0]["cells"]}
+    assert cells["tl_mn_to_us_n10/cetl"]["carried"] is True  # the first call's carry outlives it
+    (folder / CALLS_DIR / "broken.json").write_text("{")
+    with pytest.raises(RunError, match=r"cannot read the call record .*broken\.json.*delete it"):
+        report_from_manifest(folder)
 
 
 @pytest.mark.parametrize(

@@ -47,6 +47,8 @@ class Header:
     seeds: tuple[int, ...]
     hardware: str
     command: str = ""
+    commands: tuple[str, ...] = ()
+    """Every call's command (with its time) when several calls filled one folder, instead of ``command``."""
     extra: tuple[str, ...] = ()
     """Further ``- ...`` lines (e.g. elapsed time of the command)."""
 
@@ -254,6 +256,9 @@ def report_markdown(
     ]
     if header.command:
         lines.append(f"- command: `{header.command}`")
+    if header.commands:
+        lines.append(f"- commands ({len(header.commands)} calls into this folder):")
+        lines += [f"  - {command}" for command in header.commands]
     lines += [
         "",
         "Ours: mean ± std over seeds of the target test accuracy (%) of the model each run's "
@@ -297,6 +302,7 @@ def results_json(results: Sequence[TableResult], header: Header) -> dict[str, An
         "seeds": list(header.seeds),
         "hardware": header.hardware,
         "command": header.command,
+        **({"commands": list(header.commands)} if header.commands else {}),
         "data": data_line(results),
         "total_wall_seconds": round(sum(c.wall_seconds for r in results for c in r.cells), 2),
         "tables": [

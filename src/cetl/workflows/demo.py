@@ -16,13 +16,12 @@ domain-adaptation comparison (no target labels at all) is ``cetl reproduce table
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 
 from cetl.data.root import ENV_VAR, DataRoot, resolve_data_root, sample_root
 from cetl.report.curve import curve_markdown, paired_markdown
-from cetl.workflows.reproduce import MANIFEST_FILE, collect, get_table, report_from_manifest, reproduce
+from cetl.workflows.reproduce import collect, get_table, read_manifest, report_from_manifest, reproduce
 
 DEMO_TABLE = "label_efficiency_demo"
 """The ``label_efficiency_mn_to_us`` column of 10 labels per class, rows S, ``target_only``,
@@ -57,7 +56,7 @@ def run_demo(out: Path, *, data_root: str | None = None, profile: str = "quick")
         log=lambda line: print(f"- {line}"),
     )
     report = report_from_manifest(folder, out)  # demo/report.md beside the runs
-    result = collect(json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8")))
+    result = collect(read_manifest(folder))
     print()
     print(curve_markdown(result, seeds=1), end="")
     print()

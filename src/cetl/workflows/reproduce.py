@@ -25,6 +25,7 @@ import platform
 import statistics
 import sys
 import time
+import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -59,6 +60,10 @@ from cetl.workflows.compare import (
 from cetl.workflows.runs import LAST_CHECKPOINT, ensure_source_run
 
 MANIFEST_FILE = "reproduce.json"
+CALLS_DIR = "calls"
+"""One record per ``cetl reproduce`` call into a report folder (its command, ``--only``, carry,
+start and time), each its own file so that calls side by side never overwrite each other: a
+table filled cell by cell still reports every command, every carried file and its wall span."""
 STUDENT_OF_TEACHER = "cetl"
 """The student whose S is the teacher cell's run (every student of a seed shares that S)."""
 
@@ -348,6 +353,9 @@ def reproduce(
     for task in tasks:
         if task.state in ("not run", "conflict"):
             manifest["reasons"].setdefault(task.cell.id, task.reason)
+    call = {key: manifest[key] for key in ("command", "only", "carry", "seeds", "started", "hardware")}
+    stamp = manifest["started"].replace(":", "")  # the start orders the files; the suffix keeps them apart
+    call_file = folder / CALLS_DIR / f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
     for cell, reason in manifest["reasons"].items():
         log(f"{table.name} {cell}: {reason}")
     runnable = [t for t in tasks if t.cell in selected and t.state in ("done", "resume", "train")]
@@ -362,7 +370,7 @@ def reproduce(
             message = " ".join(str(error).split())  # one line: it is a note under a table
             manifest["reasons"][task.cell.id] = f"failed: seed {task.seed}: {message}"
             log(f"[{number}/{len(runnable)}] {task.cell.id} seed {task.seed}: failed: {message}")
-            _write(folder, manifest, table, started)
+            _write(folder, manifest, (call_file, call), started)
             continue
         if task.state != "done":
             trained.append(time.perf_counter() - tick)
@@ -376,8 +384,8 @@ def reproduce(
             f"({task.cell.id}) seed {task.seed}: {accuracy:.2f}% ({took}){eta_text}"
         )
         if task.state != "done":
-            _write(folder, manifest, table, started)
-    _write(folder, manifest, table, started)
+            _write(folder, manifest, (call_file, call), started)
+    _write(folder, manifest, (call_file, call), started)
     return folder, failed
 
 
@@ -400,13 +408,65 @@ def _run(task: Task, *, profile: str, sets: Sequence[str], out: Path, data_root:
     )
 
 
-def _write(folder: Path, manifest: dict[str, Any], table: Table, started: float) -> None:
+def _write(folder: Path, manifest: dict[str, Any], call: tuple[Path, dict[str, Any]], started: float) -> None:
+    """This call's record, then the manifest, then the report (which reads every call's record)."""
     if not distributed.current().is_main:  # under torchrun every rank trains, rank 0 writes
         return
-    manifest["elapsed_seconds"] = round(time.perf_counter() - started, 1)
-    folder.mkdir(parents=True, exist_ok=True)
+    elapsed = round(time.perf_counter() - started, 1)
+    manifest["elapsed_seconds"] = call[1]["elapsed_seconds"] = elapsed
+    call[0].parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(call[0], call[1])
     atomic_write_json(folder / MANIFEST_FILE, manifest)
     report_from_manifest(folder)
+
+
+def read_manifest(folder: Path) -> dict[str, Any]:
+    """A reproduction's manifest with every call into its folder folded in: ``calls`` (oldest
+    first) and ``carry``, the manifest's own files first, then those earlier calls named (a
+    column carried by one ``--only`` call stays carried when the next call names no file)."""
+    manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    calls = []
+    for path in sorted((folder / CALLS_DIR).glob("*.json")):
+        try:
+            calls.append(json.loads(path.read_text(encoding="utf-8")))
+        except (OSError, json.JSONDecodeError) as error:
+            message = f"cannot read the call record {path}: {error}; delete it to report without it"
+            raise RunError(message) from error
+    calls.sort(key=lambda call: call["started"])
+    manifest["calls"] = calls
+    carry = list(manifest.get("carry", []))
+    for call in reversed(calls):
+        carry += [path for path in call.get("carry", []) if path not in carry]
+    manifest["carry"] = carry
+    return manifest
+
+
+def _span_seconds(calls: Sequence[dict[str, Any]]) -> float:
+    """Wall time from the first call's start to the last call's end (calls may have overlapped)."""
+    starts = [datetime.fromisoformat(call["started"]).timestamp() for call in calls]
+    ends = [
+        start + float(call.get("elapsed_seconds", 0.0)) for start, call in zip(starts, calls, strict=True)
+    ]
+    return max(ends) - min(starts)
+
+
+def _command_lines(manifest: dict[str, Any]) -> tuple[str, tuple[str, ...], str]:
+    """(the command, every call's command, the elapsed line) for the report header: one call is
+    its command and time; several are each listed with their own time, and elapsed is their span."""
+    calls = manifest.get("calls", [])
+    if len(calls) <= 1:
+        elapsed = manifest.get("elapsed_seconds", 0.0)
+        return manifest["command"], (), f"- elapsed: {format_duration(elapsed)} (the command's own time)"
+    commands = tuple(
+        f"`{call['command']}` (started {call['started']}, took "
+        f"{format_duration(call.get('elapsed_seconds', 0.0))})"
+        for call in calls
+    )
+    elapsed = (
+        f"- elapsed: {format_duration(_span_seconds(calls))} (the {len(calls)} calls' span, "
+        "first start to last end)"
+    )
+    return "", commands, elapsed
 
 
 def is_reproduction(path: Path) -> bool:
@@ -440,7 +500,7 @@ def collect(manifest: dict[str, Any]) -> TableResult:
 
 def report_from_manifest(folder: Path, out_dir: Path | None = None) -> Path:
     """Re-render a reproduction's report from its folder (into ``out_dir``, default the folder)."""
-    manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
+    manifest = read_manifest(folder)
     result = collect(manifest)
     by_file: dict[str, list[str]] = {}
     for cell in result.cells:
@@ -451,13 +511,15 @@ def report_from_manifest(folder: Path, out_dir: Path | None = None) -> Path:
         f"no run folder here, so no balance or stage plots): {', '.join(cells)}"
         for path, cells in by_file.items()
     )
+    command, commands, elapsed = _command_lines(manifest)
     header = Header(
         profile=manifest["profile"],
         seeds=tuple(manifest["seeds"]),
         hardware=manifest["hardware"],
-        command=manifest["command"],
+        command=command,
+        commands=commands,
         extra=(
-            f"- elapsed: {format_duration(manifest.get('elapsed_seconds', 0.0))} (the command's own time)",
+            elapsed,
             f"- runs trained on: {device_counts(measured_runs([result]))} "
             "(a reused cell keeps the device it was trained on)",
             *carry_lines,

@@ -179,6 +179,31 @@ def test_a_finished_cell_with_its_config_is_reused_without_data(tmp_path):
     assert states[("digits_mn_to_us/dann", 0)][1].startswith("not run: data root")
 
 
+def test_a_reused_cpu_s_of_another_thread_count_is_named_in_a_warning_and_the_header(tmp_path, capsys):
+    import torch
+
+    from cetl.report.collect import Run, device_counts
+    from cetl.workflows.runs import ensure_source_run
+
+    config = cell_config("digits_mn_to_us", "cetl", 0, profile="smoke", sets=(), out=tmp_path / "runs")
+    s_dir = Path(str(config.source.path))
+    s_dir.mkdir(parents=True)
+    (s_dir / "config.yaml").write_text(dump_yaml(source_run_config(config)))
+    root = DataRoot(tmp_path / "no-data", "option", download=False)
+    threads = torch.get_num_threads()
+    for trained_with, warned in ((threads + 1, True), (threads, False), (None, False)):
+        s = as_summary({"device": "cpu", "torch_threads": trained_with})
+        (s_dir / "summary.json").write_text(json.dumps(s.to_json()))
+        assert ensure_source_run(config, data_root=root) == s_dir  # reused either way, never retrained
+        assert ensure_source_run(config, data_root=root) == s_dir  # warned once per S, not per student
+        err = capsys.readouterr().err
+        assert err.count("warning") == warned
+        assert (f"trained with {threads + 1} torch threads and this process has {threads}" in err) is warned
+        assert (f"OMP_NUM_THREADS={threads + 1}" in err) is warned
+    runs = [Run(None, as_summary({"device": "cpu", "torch_threads": n})) for n in (1, 1, 2, None)]
+    assert device_counts(runs) == "cpu ×1, cpu (1 thread) ×2, cpu (2 threads) ×1"
+
+
 @pytest.mark.needs_data
 def test_a_failing_cell_is_reported_and_the_others_still_run(tmp_path, monkeypatch, capsys, data_root):
     import cetl.workflows.reproduce

@@ -49,6 +49,9 @@ class RunSummary:
     target_dataset: str = ""
     device: str = "?"
     world_size: int = 1
+    torch_threads: int | None = None
+    """``torch.get_num_threads()`` while it trained: a CPU run's float sums, hence its last digits,
+    depend on it, so an S retrained with another thread count is another S (``None``: not recorded)."""
     cetl_version: str = ""
     val_accuracy: float | None = None
     selected_round: int | None = None

@@ -145,8 +145,17 @@ def balance_records(run: Run) -> list[dict[str, Any]]:
     return metrics_records(run, "balance")
 
 
+def _device(summary: RunSummary) -> str:
+    """``cpu (1 thread)`` where the thread count is known: CPU runs are bit-reproducible only at
+    one count, so a mix in a report's header says its S and its students may not pair."""
+    threads = summary.torch_threads
+    if summary.device != "cpu" or threads is None:
+        return str(summary.device)
+    return f"cpu ({threads} thread{'s' if threads != 1 else ''})"
+
+
 def device_counts(runs: Iterable[Run]) -> str:
     """The devices ``runs`` trained on, with how many runs each (``cpu ×36, cuda ×12``): a
     reproduction reuses cells wherever they were trained, so the machine reporting is not enough."""
-    counts = Counter(str(run.summary.device) for run in runs)
+    counts = Counter(_device(run.summary) for run in runs)
     return ", ".join(f"{device} ×{count}" for device, count in sorted(counts.items()))

@@ -165,6 +165,27 @@ def data_mismatch(summary: RunSummary, data_root: DataRoot) -> str | None:
     return None
 
 
+_WARNED_THREADS: set[Path] = set()
+"""The S folders already warned about in this process (once each, not once per student)."""
+
+
+def _warn_other_threads(summary: RunSummary, path: Path) -> None:
+    """Say when a reused CPU S trained with another torch thread count than this process: S is
+    valid, but retrained at this count it would not be the same S to the last digit, so students
+    paired with this one could not be paired with it. Benchmarks that share S pin ``OMP_NUM_THREADS``."""
+    threads = torch.get_num_threads()
+    same = summary.torch_threads in (None, threads)
+    if summary.device != "cpu" or same or path in _WARNED_THREADS or not distributed.current().is_main:
+        return
+    _WARNED_THREADS.add(path)
+    print(
+        f"cetl: warning: S ('{path}') was trained with {summary.torch_threads} torch threads and this "
+        f"process has {threads}: S is reused as it is, but retrained with {threads} it would differ in "
+        f"its last digits; set OMP_NUM_THREADS={summary.torch_threads} for runs that must pair with it",
+        file=sys.stderr,
+    )
+
+
 def ensure_source_run(config: ExperimentConfig, *, data_root: DataRoot) -> Path:
     """The finished run folder of S, training it first when it does not exist yet."""
     if config.source.kind == "run":
@@ -196,6 +217,8 @@ def ensure_source_run(config: ExperimentConfig, *, data_root: DataRoot) -> Path:
         why = data_mismatch(finished, data_root) if finished is not None else None
         if why:
             raise RunError(f"the source run '{path}' does not fit this call's data: {why}; move it away")
+        if finished is not None:
+            _warn_other_threads(finished, path)
         return path
     resume = (path / LAST_CHECKPOINT).exists()
     if distributed.current().is_main:
@@ -286,6 +309,7 @@ def train_run(
         wall_seconds=round(result.wall_seconds, 2),
         device=result.device,
         world_size=world.size,
+        torch_threads=torch.get_num_threads(),
         cetl_version=__version__,
         val_accuracy=result.val_accuracy,
         selected_round=result.selected_round,

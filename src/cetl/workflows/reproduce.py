@@ -370,7 +370,7 @@ def reproduce(
             message = " ".join(str(error).split())  # one line: it is a note under a table
             manifest["reasons"][task.cell.id] = f"failed: seed {task.seed}: {message}"
             log(f"[{number}/{len(runnable)}] {task.cell.id} seed {task.seed}: failed: {message}")
-            _write(folder, manifest, (call_file, call), started)
+            _write(folder, manifest, call_file, call, started)
             continue
         if task.state != "done":
             trained.append(time.perf_counter() - tick)
@@ -384,8 +384,8 @@ def reproduce(
             f"({task.cell.id}) seed {task.seed}: {accuracy:.2f}% ({took}){eta_text}"
         )
         if task.state != "done":
-            _write(folder, manifest, (call_file, call), started)
-    _write(folder, manifest, (call_file, call), started)
+            _write(folder, manifest, call_file, call, started)
+    _write(folder, manifest, call_file, call, started)
     return folder, failed
 
 
@@ -408,14 +408,15 @@ def _run(task: Task, *, profile: str, sets: Sequence[str], out: Path, data_root:
     )
 
 
-def _write(folder: Path, manifest: dict[str, Any], call: tuple[Path, dict[str, Any]], started: float) -> None:
+def _write(
+    folder: Path, manifest: dict[str, Any], call_file: Path, call: dict[str, Any], started: float
+) -> None:
     """This call's record, then the manifest, then the report (which reads every call's record)."""
     if not distributed.current().is_main:  # under torchrun every rank trains, rank 0 writes
         return
-    elapsed = round(time.perf_counter() - started, 1)
-    manifest["elapsed_seconds"] = call[1]["elapsed_seconds"] = elapsed
-    call[0].parent.mkdir(parents=True, exist_ok=True)
-    atomic_write_json(call[0], call[1])
+    manifest["elapsed_seconds"] = call["elapsed_seconds"] = round(time.perf_counter() - started, 1)
+    call_file.parent.mkdir(parents=True, exist_ok=True)
+    atomic_write_json(call_file, call)
     atomic_write_json(folder / MANIFEST_FILE, manifest)
     report_from_manifest(folder)
 
@@ -426,13 +427,12 @@ def read_manifest(folder: Path) -> dict[str, Any]:
     column carried by one ``--only`` call stays carried when the next call names no file)."""
     manifest = json.loads((folder / MANIFEST_FILE).read_text(encoding="utf-8"))
     calls = []
-    for path in sorted((folder / CALLS_DIR).glob("*.json")):
+    for path in sorted((folder / CALLS_DIR).glob("*.json")):  # named by start: sorted is oldest first
         try:
             calls.append(json.loads(path.read_text(encoding="utf-8")))
         except (OSError, json.JSONDecodeError) as error:
             message = f"cannot read the call record {path}: {error}; delete it to report without it"
             raise RunError(message) from error
-    calls.sort(key=lambda call: call["started"])
     manifest["calls"] = calls
     carry = list(manifest.get("carry", []))
     for call in reversed(calls):

@@ -40,7 +40,6 @@ from cetl.data.root import DataRoot, sample_root
 from cetl.errors import ConfigError, DataError
 
 SUBSET_TRAIN_PER_CLASS = [396, 366, 420, 384, 422, 393, 414, 385, 407, 413]  # datasets README
-FIFTH_PER_CLASS = [79, 73, 84, 77, 84, 79, 83, 77, 81, 83]  # floor(0.2 n + 0.5): 79.2→79, 76.8→77, 77→77
 
 
 def _root(path: Path) -> DataRoot:
@@ -123,13 +122,12 @@ def test_data_check_shows_the_cifar10_subset_and_absent_natural_datasets(capsys,
 
 
 @pytest.mark.needs_data
-def test_cifar10_s_is_a_stratified_seeded_fifth_and_all_test_images(data_root):
+def test_cifar10_s_on_the_subset_is_every_training_image_and_all_test_images(data_root):
+    # The cap of 1,000 per class is the paper's 20% of the full set; the subset has fewer per class.
     train = cifar10_s("train", data_root, split_seed=0)
-    assert torch.bincount(train.y).tolist() == FIFTH_PER_CLASS
-    assert train.x.shape == (sum(FIFTH_PER_CLASS), 3, 32, 32) and train.x.dtype == torch.float32
-    assert torch.equal(train.x, cifar10_s("train", data_root, split_seed=0).x)
-    other = cifar10_s("train", data_root, split_seed=1)
-    assert torch.bincount(other.y).tolist() == FIFTH_PER_CLASS and not torch.equal(train.x, other.x)
+    assert torch.bincount(train.y).tolist() == SUBSET_TRAIN_PER_CLASS
+    assert train.x.shape == (sum(SUBSET_TRAIN_PER_CLASS), 3, 32, 32) and train.x.dtype == torch.float32
+    assert torch.equal(train.x, cifar10_s("train", data_root, split_seed=1).x)  # nothing left to draw
     stored = {bytes(row) for row in load_raw("cifar10", "train", data_root).images.flatten(1).numpy()}
     drawn = (train.x * 255).round().to(torch.uint8).flatten(1).numpy()
     assert all(bytes(row) in stored for row in drawn)  # stored images, unresized (already 32×32)
@@ -236,31 +234,27 @@ def test_a_class_protocol_on_a_dataset_without_those_classes_is_refused():
 # --- stratified fraction and the RGB protocol ---------------------------------------------
 
 
-def test_stratified_subset_rounds_half_up_per_class_and_is_seeded():
+def test_stratified_subset_caps_each_class_and_is_seeded():
     labels = torch.tensor([0] * 5 + [1] * 3 + [2] * 1 + [3] * 10)
     raw = datasets.RawSplit(torch.arange(len(labels), dtype=torch.uint8).view(-1, 1, 1, 1), labels)
-    half = stratified_subset(raw, 0.5, seed=0, name="fake/train")
-    assert torch.bincount(half.labels).tolist() == [3, 2, 1, 5]  # 2.5→3, 1.5→2, 0.5→1, 5→5
-    tenth = stratified_subset(raw, 0.1, seed=0, name="fake/train")
-    assert torch.bincount(tenth.labels).tolist() == [1, 1, 1, 1]  # 0.5→1, 0.3→0 but at least 1, 1→1
-    assert half.images.flatten().tolist() == sorted(half.images.flatten().tolist())  # stored order
-    assert torch.equal(half.images, stratified_subset(raw, 0.5, seed=0, name="fake/train").images)
+    capped = stratified_subset(raw, 3, seed=0, name="fake/train")
+    assert torch.bincount(capped.labels).tolist() == [3, 3, 1, 3]  # a smaller class is kept whole
+    assert capped.images.flatten().tolist() == sorted(capped.images.flatten().tolist())  # stored order
+    assert torch.equal(capped.images, stratified_subset(raw, 3, seed=0, name="fake/train").images)
     draws = {
-        tuple(stratified_subset(raw, 0.5, seed=s, name="fake/train").images.flatten().tolist())
+        tuple(stratified_subset(raw, 3, seed=s, name="fake/train").images.flatten().tolist())
         for s in range(5)
     }
     assert len(draws) > 1
-    with pytest.raises(ConfigError, match=r"in \(0, 1\]"):
-        stratified_subset(raw, 0.0, seed=0, name="fake/train")
+    with pytest.raises(ConfigError, match="at least 1"):
+        stratified_subset(raw, 0, seed=0, name="fake/train")
 
 
-def test_fraction_applies_to_the_training_split_only():
-    raw = datasets.RawSplit(torch.zeros(20, 3, 32, 32, dtype=torch.uint8), torch.arange(10).repeat(2))
+def test_cap_applies_to_the_training_split_only():
+    raw = datasets.RawSplit(torch.zeros(2500, 3, 32, 32, dtype=torch.uint8), torch.arange(2).repeat(1250))
     protocol = PROTOCOLS["cifar10s"]
-    assert (
-        len(apply_protocol(raw, "cifar10", "train", protocol, split_seed=0)) == 10
-    )  # 0.2·2 = 0.4 rounds to 0: one per class
-    assert len(apply_protocol(raw, "cifar10", "test", protocol, split_seed=0)) == 20
+    assert len(apply_protocol(raw, "cifar10", "train", protocol, split_seed=0)) == 2000  # 1,000 per class
+    assert len(apply_protocol(raw, "cifar10", "test", protocol, split_seed=0)) == 2500
 
 
 def test_cifar_protocol_keeps_rgb_at_32_and_grey_becomes_three_channels():

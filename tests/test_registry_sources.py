@@ -56,6 +56,7 @@ SECTIONS: dict[str, Callable[[Path], SourceConfig]] = {
     "run": lambda run: SourceConfig(kind="run", path=str(run)),
     "torchvision": lambda run: SourceConfig(kind="torchvision", model="resnet18:none", tap="logits"),
     "timm": _timm,
+    "packaged": lambda run: SourceConfig(kind="packaged", model="efficientnet_lite0", input_size=32),
     "onnx": _exported,
 }
 """How a test names an S of each kind without a network (``:none``: random weights)."""

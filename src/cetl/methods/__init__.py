@@ -11,6 +11,8 @@ from cetl.methods.cetl_sequential import CetlF, CetlU
 from cetl.methods.distillation import FSP, FitNets, KnowledgeDistillation
 from cetl.methods.drcn import DRCN
 from cetl.methods.fine_tune import FineTune
+from cetl.methods.hint import FeatureHint
+from cetl.methods.linear_probe import LinearProbe
 from cetl.methods.mmd import WDAN
 from cetl.methods.shot import Shot
 from cetl.methods.subspace import SA
@@ -39,6 +41,8 @@ METHODS.add("drcn", DRCN)
 METHODS.add("sa", SA)
 METHODS.add("fine_tune", FineTune)  # Table 3's FT-VGG
 METHODS.add("shot", Shot)  # source-free: Liang et al., ICML 2020
+METHODS.add("hint", FeatureHint)  # forward-only feature distillation, no decoder (METHOD.md §11)
+METHODS.add("linear_probe", LinearProbe)  # a reference: S kept at inference
 
 
 def method_config_class(name: str) -> type[MethodConfig]:

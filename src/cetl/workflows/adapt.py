@@ -70,8 +70,9 @@ DEFAULT_BASELINES = ("target_only",)
 """Trained beside every ``cetl adapt`` run: T2 on the labels alone, the bar borrowing must clear."""
 SOURCE_FORMS = (
     "an .onnx file, a run folder of this project (holding summary.json), or a model name: "
-    "torchvision NAME[:WEIGHTS] (e.g. resnet18:IMAGENET1K_V1) or timm NAME (e.g. resnet18.a1_in1k), "
-    "optionally prefixed torchvision: or timm:"
+    "torchvision NAME[:WEIGHTS] (e.g. resnet18:IMAGENET1K_V1), timm NAME (e.g. resnet18.a1_in1k) or a "
+    "packaged ImageNet network (efficientnet_lite0, offline with the imagenet extra), optionally "
+    "prefixed torchvision:, timm: or packaged:"
 )
 
 
@@ -393,7 +394,7 @@ def source_config(source: str | os.PathLike[str] | None, *, tap: str | None) -> 
             )
         return section | {"kind": "run", "path": str(path.resolve())}
     kind, colon, spec = text.partition(":")
-    if colon and kind in ("torchvision", "timm"):
+    if colon and kind in ("torchvision", "timm", "packaged"):
         return section | {"kind": kind, "model": spec}
     if os.sep in text or text.startswith(("~", ".")) or path.suffix:
         raise ConfigError(f"--source {text} does not exist; expected {SOURCE_FORMS}")
@@ -401,12 +402,16 @@ def source_config(source: str | os.PathLike[str] | None, *, tap: str | None) -> 
 
 
 def _model_kind(spec: str) -> str:
-    """``torchvision`` when torchvision lists the name, else ``timm`` when timm knows it."""
+    """``packaged`` for a network a package ships (:data:`cetl.source.packaged.PACKAGED`: it
+    works offline), ``torchvision`` when torchvision lists the name, else ``timm`` when timm knows it."""
     import torchvision.models as models
 
     from cetl.registry import did_you_mean
+    from cetl.source.packaged import PACKAGED
 
     name = spec.partition(":")[0]
+    if name in PACKAGED:
+        return "packaged"
     if name in models.list_models():
         return "torchvision"
     try:

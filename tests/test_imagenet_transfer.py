@@ -63,14 +63,15 @@ def test_lite0_loads_offline_and_recognises_real_cifar_vehicles(data_root):
     logits = source_from_package("efficientnet_lite0", tap="logits", temperature=4.0)
     top5 = logits(images).topk(5, dim=1).indices
     hits = [bool(set(row.tolist()) & IMAGENET_VEHICLES[int(y)]) for row, y in zip(top5, labels, strict=True)]
-    # Measured: 40 of 47 vehicle images among the first 120 have a matching class in the top 5.
-    assert sum(hits) / len(hits) > 0.6, f"{sum(hits)} of {len(hits)} vehicles recognised"
+    # Measured: 31 of the 46 vehicle images among the first 120 have a matching class in the top 5
+    # (random weights: 0 of 46); a trained S must keep well clear of what chance gives.
+    assert sum(hits) / len(hits) > 0.5, f"{sum(hits)} of {len(hits)} vehicles recognised"
     random = source_from_package("efficientnet_lite0:none", tap="logits", temperature=4.0)
     top5 = random(images).topk(5, dim=1).indices
     chance = [
         bool(set(row.tolist()) & IMAGENET_VEHICLES[int(y)]) for row, y in zip(top5, labels, strict=True)
     ]
-    assert sum(chance) / len(chance) < 0.3  # random weights know no vehicles
+    assert sum(chance) / len(chance) < 0.2  # random weights know no vehicles
 
 
 def test_lite0_taps_and_preprocessing_are_the_weights_own():
@@ -305,7 +306,10 @@ def test_smoke_cells_train_from_a_random_lite0_and_leave_it_untouched(method, da
 def test_adapt_reads_a_packaged_name_as_the_offline_source():
     from cetl.workflows.adapt import source_config
 
-    assert source_config("efficientnet_lite0", tap=None) == {"kind": "packaged", "model": "efficientnet_lite0"}
+    assert source_config("efficientnet_lite0", tap=None) == {
+        "kind": "packaged",
+        "model": "efficientnet_lite0",
+    }
     assert source_config("packaged:efficientnet_lite1:none", tap="logits") == {
         "kind": "packaged",
         "model": "efficientnet_lite1:none",

@@ -80,7 +80,7 @@ def test_every_table_cell_names_a_registered_experiment_and_method():
 
 
 def test_tables_hold_the_papers_numbers():
-    assert list(TABLES) == ["table2", "table3", "table4", "table5"]
+    assert list(TABLES) == ["table2", "table3", "table23", "table4", "table5"]
     table5 = TABLES["table5"]
     assert len(table5.rows) == 10 and table5.columns[0] == "MN→US"  # 7 paper rows, DRCN bare, SHOT, oracle
     bare = table5.cell("DRCN, bare (without its authors' recipe)", "US→MN")
@@ -371,3 +371,16 @@ def test_a_carried_cell_keeps_its_regret_row_and_learning_curve(tmp_path):
         "| digits_mn_to_us/dann | 5.00 | 0.00* | 5.00 | 0.00 |" in text and "75.00 ± 0.00 (carried)" in text
     )
     assert (second / "curves_table5_mn_us.png").stat().st_size > 0
+
+
+def test_a_headed_table_names_itself_and_prints_its_notes_under_the_table(tmp_path):
+    table = TABLES["table23"]
+    cells = tuple(CellResult(cell, (), "pending: not finished yet") for cell in table.cells)
+    header = Header("quick", (0,), "x86_64 CPU, 2 cores", "cetl reproduce table23")
+    text = write_table_report([TableResult(table, cells)], header, tmp_path).read_text()
+    assert text.startswith("# Reproduction: Tables 2–3, offline (`quick` profile)\n")
+    assert "## Tables 2–3, offline: Transfer learning from an ImageNet network run forward only" in text
+    assert "| CETL, random-weight S (control) | – | pending [1] | – | – | – | – |" in text
+    assert "| CETL | 65.33 | pending [1] | – | pending [1] | – | pending [1] |" in text
+    for note in table.notes:
+        assert f"- {note}\n" in text

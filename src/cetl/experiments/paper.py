@@ -224,17 +224,17 @@ def _table23() -> Table:
     """
     lite0 = f"tl_{_LITE0}_to_cifar10s"
     rows: list[tuple[str, str, float | None, tuple[str, ...], str]] = [
-        ("Baseline: CI-CNN alone (Table 3)", "target_only", 61.29, (), ""),
-        ("baseline: CETL's schedule, no S (Table 2)", "baseline", 61.29, (), ""),
+        ("Baseline (Table 3): CI-CNN alone", "target_only", 61.29, (), ""),
+        ("baseline (Table 2): CETL's schedule, no S", "baseline", 61.29, (), ""),
         ("CETL_f", "cetl_f", 62.41, (), ""),
         ("CETL_u", "cetl_u", 62.63, (), ""),
         ("CETL_e", "cetl_e", 63.97, (), ""),
         ("CETL_fi", "cetl_fi", 64.19, (), ""),
         ("CETL", "cetl", 65.33, (), ""),
-        ("CETL, S with random weights (control)", "cetl", None, (f"source.model={_LITE0}:none",), "random_s"),
-        ("Feature hint, no decoder (same access to S)", "hint", None, (), ""),
-        ("Linear probe on S's features (reference: S kept at inference)", "linear_probe", None, (), ""),
-        ("Fine-tuning S at 128 px (FT-VGG's role)", "fine_tune", 61.35, ("source.input_size=128",), "128px"),
+        ("CETL, random-weight S (control)", "cetl", None, (f"source.model={_LITE0}:none",), "random_s"),
+        ("Hint, no decoder (same access to S)", "hint", None, (), ""),
+        ("Linear probe (reference: S at inference)", "linear_probe", None, (), ""),
+        ("Fine-tuning S at 128 px (FT-VGG)", "fine_tune", 61.35, ("source.input_size=128",), "128px"),
     ]
     column = _LITE_COLUMNS[_LITE0]
     cells = [

@@ -3,10 +3,10 @@
 The reference for how much S's features already know about the target task: one ``nn.Linear``
 trained with the classification loss (Eq. 4) on S's tap features of the labelled images,
 predicting through S at test time. It is **not a small model**: S runs on every prediction
-(EfficientNet-Lite0 at 224 px, 4.6M parameters and ~0.4 GFLOPs an image, against CI-CNN's
-3.7M at 32 px), so reports label it as a reference, never as a row CETL's T2 competes with on
-equal terms. Where the probe is below T2 trained alone, S's features carry little for this task,
-and no method that transfers them should be expected to pay.
+(EfficientNet-Lite0: 4.65M parameters on a 224-px image, against CI-CNN's 3.72M on 32 px), so
+reports label it as a reference, never as a row CETL's T2 competes with on equal terms. Where
+the probe is below T2 trained alone, S's features carry little for this task, and no method
+that transfers them should be expected to pay.
 
 S's features are computed once per image (D9) and looked up by content when the engine
 evaluates (:class:`~cetl.source.cache.FeatureLookup`), so each round costs the head's training

@@ -29,8 +29,8 @@ from torch import Tensor, nn
 from cetl.errors import CetlError, ConfigError
 from cetl.registry import did_you_mean
 from cetl.source.adapters import resolve_input_transform
-from cetl.source.frozen import FrozenSource, tap_extractor
-from cetl.source.timm_source import pre_logits
+from cetl.source.frozen import FrozenSource
+from cetl.source.timm_source import frozen_timm_model
 
 EXTRA_HINT = 'pip install "cetl[imagenet]"'
 RANDOM_WEIGHTS_SEED = 0
@@ -185,13 +185,9 @@ def source_from_package(
         default_size=entry.input_size,
         default_stats=((0.5, 0.5, 0.5), (0.5, 0.5, 0.5)),
     )
-    extract, temp = tap_extractor(model, tap, temperature, coupling=pre_logits)
-    return FrozenSource(
-        model,
-        extract=extract,
-        temperature=temp,
-        input_transform=transform,
-        description=f"{name} ({'random weights' if weights == 'none' else 'ImageNet-1k'}) @{tap}",
+    state = "random weights" if weights == "none" else "ImageNet-1k"
+    return frozen_timm_model(
+        model, tap=tap, temperature=temperature, transform=transform, description=f"{name} ({state})"
     )
 
 

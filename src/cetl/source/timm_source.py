@@ -18,7 +18,7 @@ from torch import Tensor, nn
 from cetl.errors import CetlError, ConfigError
 from cetl.registry import did_you_mean
 from cetl.source.adapters import resolve_input_transform
-from cetl.source.frozen import FrozenSource, tap_extractor
+from cetl.source.frozen import FrozenSource, InputTransform, tap_extractor
 
 INSTALL_HINT = 'pip install "cetl[timm]"'
 
@@ -77,11 +77,20 @@ def source_from_timm(
         default_size=int(height),
         default_stats=(tuple(data_config["mean"]), tuple(data_config["std"])),
     )
+    return frozen_timm_model(
+        model, tap=tap, temperature=temperature, transform=transform, description=f"timm {spec}"
+    )
+
+
+def frozen_timm_model(
+    model: nn.Module, *, tap: str, temperature: float, transform: InputTransform, description: str
+) -> FrozenSource:
+    """A timm model as S, read at ``tap`` (``coupling``: its pre-logits), behind ``transform``."""
     extract, temp = tap_extractor(model, tap, temperature, coupling=pre_logits)
     return FrozenSource(
         model,
         extract=extract,
         temperature=temp,
         input_transform=transform,
-        description=f"timm {spec} @{tap}",
+        description=f"{description} @{tap}",
     )

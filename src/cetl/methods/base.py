@@ -28,6 +28,12 @@ Stream = Literal["labelled", "target"]
 otherwise). ``target``: unlabelled target training images (labels are never loaded)."""
 
 
+def labels_by_setting(setting: str) -> Literal["source", "target"]:
+    """Target labels, except source labels in domain adaptation (where reading target labels
+    would make a method an oracle): the rule of every method that works in several settings."""
+    return "source" if setting == "domain_adaptation" else "target"
+
+
 @dataclass(frozen=True)
 class Batch:
     """One step's data; fields a stage did not ask for are ``None``.

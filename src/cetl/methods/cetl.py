@@ -43,7 +43,7 @@ from cetl.fisher.protection import Collectives, DWAProtection, FisherLoss
 from cetl.losses.classification import classification_loss
 from cetl.losses.distillation import soft_probability_loss
 from cetl.losses.reconstruction import source_reconstruction_loss, target_reconstruction_loss
-from cetl.methods.base import Batch, Component, Method, Stage, Update
+from cetl.methods.base import Batch, Component, Method, Stage, Update, labels_by_setting
 from cetl.methods.cetl_config import CetlConfig
 from cetl.monitor import bound_terms
 from cetl.networks import TapNetwork
@@ -123,7 +123,7 @@ class CETL(Method):
 
     @classmethod
     def labelled_domain_for(cls, setting: str) -> Literal["source", "target"]:
-        return "source" if setting == "domain_adaptation" else "target"
+        return labels_by_setting(setting)
 
     def prepare(self, data: TrainingData, world: Collectives) -> None:
         """Keep the data and processes DWA's estimates read; compute S's tap for every

@@ -33,7 +33,7 @@ from cetl.errors import ConfigError
 from cetl.fisher.protection import Collectives
 from cetl.losses.classification import classification_loss
 from cetl.losses.distillation import fsp_loss, fsp_matrix, hint_loss, soft_target_loss
-from cetl.methods.base import Batch, Component, Method, Stage, Update
+from cetl.methods.base import Batch, Component, Method, Stage, Update, labels_by_setting
 from cetl.networks import TapNetwork
 from cetl.source import FrozenSource
 
@@ -170,7 +170,7 @@ class KnowledgeDistillation(Method):
     def labelled_domain_for(cls, setting: str) -> Literal["source", "target"]:
         """The student's training labels: target data, except source data in domain adaptation
         (where reading target labels would make it an oracle)."""
-        return "source" if setting == "domain_adaptation" else "target"
+        return labels_by_setting(setting)
 
     def prepare(self, data: TrainingData, world: Collectives) -> None:
         """Precompute the teacher's logits for every labelled image (S is frozen, inputs fixed)."""
@@ -346,7 +346,7 @@ class FSP(Method):
 
     @classmethod
     def labelled_domain_for(cls, setting: str) -> Literal["source", "target"]:
-        return KnowledgeDistillation.labelled_domain_for(setting)
+        return labels_by_setting(setting)
 
     def stages(self, round_index: int) -> list[Stage]:
         classify = Stage(

@@ -30,7 +30,7 @@ from cetl.data.training import TrainingData
 from cetl.fisher.protection import Collectives
 from cetl.losses.classification import classification_loss
 from cetl.losses.distillation import hint_loss
-from cetl.methods.base import Batch, Component, Method, Stage, Update
+from cetl.methods.base import Batch, Component, Method, Stage, Update, labels_by_setting
 from cetl.networks import TapNetwork
 from cetl.networks.coupling import source_adapter
 from cetl.source import FeatureCache, FrozenSource
@@ -85,7 +85,7 @@ class FeatureHint(Method):
 
     @classmethod
     def labelled_domain_for(cls, setting: str) -> Literal["source", "target"]:
-        return "source" if setting == "domain_adaptation" else "target"
+        return labels_by_setting(setting)
 
     def prepare(self, data: TrainingData, world: Collectives) -> None:
         """S's tap for every unlabelled target image, once (S is frozen, its inputs fixed)."""

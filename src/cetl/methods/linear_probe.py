@@ -26,7 +26,7 @@ from cetl.config import MethodConfig, PositiveInt
 from cetl.data.training import TrainingData
 from cetl.fisher.protection import Collectives
 from cetl.losses.classification import classification_loss
-from cetl.methods.base import Batch, Component, Method, Stage, Update
+from cetl.methods.base import Batch, Component, Method, Stage, Update, labels_by_setting
 from cetl.networks import TapNetwork
 from cetl.source import FeatureCache, FrozenSource
 from cetl.source.cache import FeatureLookup
@@ -76,7 +76,7 @@ class LinearProbe(Method):
 
     @classmethod
     def labelled_domain_for(cls, setting: str) -> Literal["source", "target"]:
-        return "source" if setting == "domain_adaptation" else "target"
+        return labels_by_setting(setting)
 
     def prepare(self, data: TrainingData, world: Collectives) -> None:
         """S's features of the target training and test images, once; the labelled images are

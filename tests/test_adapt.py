@@ -86,7 +86,7 @@ def test_target_only_run_writes_summary_and_both_target_net_files(source_run: Re
 
     x = torch.rand(3, 1, 32, 32)
     session = onnxruntime.InferenceSession(str(run / "target_net.onnx"))
-    (onnx_logits,) = session.run(None, {session.get_inputs()[0].name: x.numpy()})
+    onnx_logits, _coupling = session.run(None, {session.get_inputs()[0].name: x.numpy()})
     with torch.no_grad():
         np.testing.assert_allclose(onnx_logits, source_run.target_net(x).numpy(), atol=1e-4)
     # config.yaml is the resolved config: reading it back gives the same config.

@@ -171,7 +171,8 @@ def test_onnx_export_matches_torch(data_root, tmp_path):
     _, net, _ = load_target_net(run_dir)
     images = torch.rand(5, 1, 32, 32)
     session = ort.InferenceSession(str(path))
-    (logits,) = session.run(None, {session.get_inputs()[0].name: images.numpy()})
+    assert [o.name for o in session.get_outputs()] == ["logits", "coupling"]  # S at its coupling tap
+    logits, _ = session.run(None, {session.get_inputs()[0].name: images.numpy()})
     torch.testing.assert_close(torch.from_numpy(logits), net(images), atol=1e-4, rtol=1e-4)
 
 

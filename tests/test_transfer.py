@@ -164,10 +164,12 @@ def test_onnx_outputs_are_chosen_by_the_tap(exported):
     torch.testing.assert_close(first(images), expected["fc7"], atol=1e-4, rtol=1e-4)
     logits = source_from_onnx(dynamic, tap="logits", temperature=4.0)  # an output of that name
     torch.testing.assert_close(logits(images), expected["logits"], atol=1e-4, rtol=1e-4)
-    soft = source_from_onnx(dynamic, tap="soft", temperature=4.0)  # the first output, softened
+    soft = source_from_onnx(dynamic, tap="soft", temperature=4.0)  # the output named logits, softened
     torch.testing.assert_close(
-        soft(images), torch.softmax(expected["fc7"] / 4.0, dim=1), atol=1e-5, rtol=1e-4
+        soft(images), torch.softmax(expected["logits"] / 4.0, dim=1), atol=1e-5, rtol=1e-4
     )
+    # S's own predictions are the logits output whichever tap the coupling reads
+    torch.testing.assert_close(first.predict(images), expected["logits"], atol=1e-4, rtol=1e-4)
     assert first.input_transform == InputTransform(size=32, channels=3)  # from the file; [0,1] inputs
     with pytest.raises(ConfigError, match=r"has no output 'fc6'; its outputs: features, logits"):
         source_from_onnx(dynamic, tap="fc6", temperature=4.0)

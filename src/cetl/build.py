@@ -32,6 +32,7 @@ from cetl.methods import METHODS, Method
 from cetl.networks import NETWORKS, TapNetwork, build_decoder
 from cetl.networks.base import LOGITS
 from cetl.networks.coupling import source_adapter
+from cetl.networks.export import export_onnx
 from cetl.run_folder import read_config, read_summary, source_run_config, source_run_dir
 from cetl.seeding import seeded_generator
 from cetl.source import (
@@ -226,7 +227,25 @@ def build_source(config: SourceConfig, *, run_dir: Path | None) -> FrozenSource:
         )
     if run_dir is None:
         raise ConfigError(f"source.kind={config.kind} needs a run folder (source.path)")
+    if config.access == "onnx":
+        return source_from_onnx(exported_source(run_dir), **options)
     return source_from_run(run_dir, tap=config.tap, temperature=config.temperature)
+
+
+SOURCE_ONNX = "source.onnx"
+"""A run's ONNX export as a forward-only S (``source.access=onnx``), kept in the run folder."""
+
+
+def exported_source(run_dir: Path) -> Path:
+    """``run_dir``'s network as an ONNX file with its logits and coupling tap, exported once
+    (atomically, so processes sharing S never read half a file) and again only when the run's
+    selected weights are newer than the file."""
+    path = run_dir / SOURCE_ONNX
+    weights = run_dir / BEST_CHECKPOINT
+    if not path.exists() or (weights.exists() and weights.stat().st_mtime > path.stat().st_mtime):
+        _, net, info = load_target_net(run_dir)
+        export_onnx(net, path, image_shape=(info.channels, info.image_size, info.image_size))
+    return path
 
 
 def build_feature_cache(config: SourceConfig) -> FeatureCache | None:

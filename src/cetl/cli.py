@@ -15,7 +15,7 @@ Commands (dataset and experiment names are lower-case):
     cetl report RUN_OR_DIR ... [--out DIR] [--profile P]   measured vs paper tables with plots
     cetl eval RUN_DIR [--data-root DIR]
     cetl predict RUN_DIR IMAGE [IMAGE ...]
-    cetl export RUN_DIR --format onnx|pt [--output FILE]
+    cetl export RUN_DIR --format onnx|pt [--output FILE] [--taps coupling,LAYER]
     cetl show-config EXPERIMENT|CONFIG.yaml [--method M] [--profile P] [--set KEY=VALUE ...]
     cetl list [experiments|methods|networks|datasets|sources|tables]
     cetl data check [--root DIR] [NAME ...]
@@ -144,6 +144,11 @@ def build_parser() -> argparse.ArgumentParser:
         help="onnx (ONNX, opset 18) or pt (torch.export program, .pt2)",
     )
     export.add_argument("--output", type=Path, help="output file (default: RUN_DIR/model.onnx|.pt2)")
+    export.add_argument(
+        "--taps",
+        help="onnx: comma-separated taps written as named outputs after the logits, so the file can "
+        "be a forward-only S at them (default: coupling; a layer name works too)",
+    )
 
     demo = commands.add_parser(
         "demo",
@@ -468,7 +473,8 @@ def _predict(args: argparse.Namespace) -> int:
 def _export(args: argparse.Namespace) -> int:
     from cetl.workflows.serve import export_run
 
-    path = export_run(args.run_dir, fmt=args.format, output=args.output)
+    taps = None if args.taps is None else [tap.strip() for tap in args.taps.split(",") if tap.strip()]
+    path = export_run(args.run_dir, fmt=args.format, output=args.output, taps=taps)
     print(f"wrote {path}")
     return 0
 

@@ -165,6 +165,11 @@ class SourceConfig:
     tap: str = "coupling"
     """``coupling`` (a project network's coupling tap; otherwise the features before the last
     FC layer), ``logits``, ``soft`` (logits softened by ``temperature``, D8) or a layer name."""
+    access: Literal["network", "onnx"] = "network"
+    """How S from a run of this project (``source_only``, ``run``, ``experiment``) is read:
+    ``network`` (its PyTorch network) or ``onnx``, only through its ONNX export (``logits`` and
+    the ``coupling`` tap, written once into the run folder as ``source.onnx``): the forward-only
+    access a vendor's model gives, for comparisons where no method may use more of S."""
     temperature: PositiveFloat = 4.0
     """τ of the soft targets (D8)."""
     input_size: PositiveInt | None = None

@@ -6,10 +6,13 @@ files resolved next to it), so the fingerprint the feature cache keys on (D9) co
 the model that runs. An ONNX model has no trainable parameters here, so it cannot be
 fine-tuned (``fine_tune`` says so).
 
-- **Output (the tap).** ``source.tap`` names one of the file's outputs; ``coupling``,
-  ``logits`` and ``soft`` read its first output (``soft`` softened by the temperature, D8).
-  An exported network only exposes the outputs it was exported with: export the features
-  you want S to give as an output and name it.
+- **Output (the tap).** ``source.tap`` names one of the file's outputs. Where the file has
+  no output of that name, ``coupling`` reads its first output, and ``logits`` and ``soft``
+  (softened by the temperature, D8) the output named ``logits``, else the first. S's own
+  predictions (``FrozenSource.predict``: the bound monitor, ``kd``) are that logits output,
+  whichever tap the coupling reads. An exported network only exposes the outputs it was
+  exported with: ``cetl export RUN --format onnx`` writes ``logits`` and ``coupling`` (and
+  ``--taps`` more); for a file from elsewhere, export the features you want S to give.
 - **Input.** One image input ``(N, C, H, W)``. A fixed C converts grey/RGB; a fixed H = W
   is the resize size (``source.input_size`` may only repeat it); otherwise
   ``source.input_size`` or the image's own size. Normalisation: ``source.normalize``
@@ -21,6 +24,7 @@ fine-tuned (``fine_tune`` says so).
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from pathlib import Path
 from typing import Any
@@ -31,7 +35,7 @@ from torch import Tensor, nn
 
 from cetl.errors import CetlError, ConfigError
 from cetl.source.adapters import resolve_input_transform
-from cetl.source.frozen import FrozenSource, logits_extractor
+from cetl.source.frozen import FrozenSource
 
 INSTALL_HINT = 'pip install "cetl[onnx]"'
 FIRST_OUTPUT_TAPS = ("coupling", "logits", "soft")
@@ -62,7 +66,9 @@ class OnnxModel(nn.Module):
         name: the file's name, for error messages.
 
     Attributes:
-        outputs: the file's output names; ``output`` (the one returned) starts as the first.
+        outputs: the file's output names.
+        logits_output: what :meth:`forward` returns: ``logits`` when the file has an output of
+            that name, else its first.
     """
 
     def __init__(self, data: bytes, *, name: str) -> None:
@@ -89,7 +95,7 @@ class OnnxModel(nn.Module):
         self.input_name = image.name
         self.input_dtype = _NUMPY_TYPES[image.type]
         self.outputs = [o.name for o in self._session.get_outputs()]
-        self.output = self.outputs[0]
+        self.logits_output = "logits" if "logits" in self.outputs else self.outputs[0]
         batch, channels, height, width = (_fixed(d) for d in image.shape)
         self.fixed_batch = batch
         self.channels = channels
@@ -101,7 +107,11 @@ class OnnxModel(nn.Module):
         )
 
     def forward(self, x: Tensor) -> Tensor:
-        """The chosen output for images ``x`` ``(B, C, H, W)``, on ``x``'s device (float32)."""
+        """The logits output for images ``x`` ``(B, C, H, W)`` (:attr:`logits_output`)."""
+        return self.run(x, self.logits_output)
+
+    def run(self, x: Tensor, output: str) -> Tensor:
+        """Output ``output`` for images ``x`` ``(B, C, H, W)``, on ``x``'s device (float32)."""
         array = x.detach().float().cpu().numpy().astype(self.input_dtype, copy=False)
         chunk = self.fixed_batch or max(1, len(array))
         parts = []
@@ -111,7 +121,7 @@ class OnnxModel(nn.Module):
             if count < chunk:  # a fixed-batch model: pad the last chunk, keep only real outputs
                 padding = np.zeros((chunk - count, *part.shape[1:]), dtype=part.dtype)
                 part = np.concatenate([part, padding])
-            (out,) = self._session.run([self.output], {self.input_name: part})
+            (out,) = self._session.run([output], {self.input_name: part})
             parts.append(out[:count])
         return torch.from_numpy(np.concatenate(parts).astype(np.float32, copy=False)).to(x.device)
 
@@ -131,11 +141,16 @@ def source_from_onnx(
         raise ConfigError(f"source.path '{path}' cannot be read as an ONNX file ({error.strerror})") from None
     model = OnnxModel(data, name=path.name)
     if tap in model.outputs:
-        model.output = tap
-    elif tap not in FIRST_OUTPUT_TAPS:
+        output = tap
+    elif tap == "coupling":
+        output = model.outputs[0]
+    elif tap in FIRST_OUTPUT_TAPS:
+        output = model.logits_output
+    else:
         raise ConfigError(
             f"ONNX source '{path.name}' has no output '{tap}'; its outputs: {', '.join(model.outputs)} "
-            f"(source.tap={'/'.join(FIRST_OUTPUT_TAPS)} read the first)"
+            f"(source.tap={'/'.join(FIRST_OUTPUT_TAPS)} work with any file; export more outputs with "
+            f"'cetl export RUN --format onnx --taps LAYER')"
         )
     if input_size is not None and model.size is not None and input_size != model.size:
         raise ConfigError(
@@ -152,8 +167,14 @@ def source_from_onnx(
     digest = bytes(model.sha256.tolist()).hex()
     return FrozenSource(
         model,
-        extract=logits_extractor,
+        extract=functools.partial(_read_output, output=output),
         temperature=temperature if tap == "soft" else None,
         input_transform=transform,
-        description=f"onnx {path.name} sha256:{digest[:12]} @{model.output}",
+        description=f"onnx {path.name} sha256:{digest[:12]} @{output}",
     )
+
+
+def _read_output(model: nn.Module, x: Tensor, *, output: str) -> Tensor:
+    """FrozenSource's extractor: one named output of the file (S's tap)."""
+    assert isinstance(model, OnnxModel)
+    return model.run(x, output)

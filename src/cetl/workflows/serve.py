@@ -6,6 +6,7 @@ Both rebuild the network from the run's ``config.yaml`` and load the selected we
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 
 import torch
@@ -16,7 +17,8 @@ from cetl.config import ExperimentConfig
 from cetl.data.datasets import RawSplit
 from cetl.data.protocols import PROTOCOLS, to_protocol
 from cetl.errors import CetlError
-from cetl.files import atomic_output
+from cetl.networks.base import LOGITS
+from cetl.networks.export import DEFAULT_TAPS, export_onnx, export_program
 
 
 def read_images(paths: list[Path], config: ExperimentConfig) -> Tensor:
@@ -49,35 +51,25 @@ def predict_files(run_dir: Path, paths: list[Path]) -> list[tuple[Path, int, flo
     return [(p, int(lab), float(c)) for p, lab, c in zip(paths, labels, confidence, strict=True)]
 
 
-def export_run(run_dir: Path, *, fmt: str, output: Path | None = None) -> Path:
+def export_run(
+    run_dir: Path, *, fmt: str, output: Path | None = None, taps: Sequence[str] | None = None
+) -> Path:
     """Export T2 with a dynamic batch dimension: ONNX, or a ``torch.export`` program (.pt2).
 
-    The exported model takes ``(N, C, H, W)`` floats in [0,1] at the protocol's size and
-    returns logits ``(N, K)``. The file is written atomically: an export that fails leaves the
-    previous file (or none), never half of one.
+    The exported model takes ``(N, C, H, W)`` floats in [0,1] at the protocol's size. Its
+    first output is ``logits`` ``(N, K)``; an ONNX file also has a named output per tap in
+    ``taps`` (default ``coupling``, so the file can be CETL's forward-only S; see
+    :mod:`cetl.networks.export`). A ``.pt2`` program returns the logits only.
+
+    Raises:
+        CetlError: taps asked for a ``.pt2`` program, or of a network without taps; the onnx
+            extra missing.
     """
     _, net, info = load_target_net(run_dir)
-    example = torch.rand(2, info.channels, info.image_size, info.image_size)
-    batch = torch.export.Dim("batch", min=1)
+    image_shape = (info.channels, info.image_size, info.image_size)
     path = output or run_dir / ("model.pt2" if fmt == "pt" else "model.onnx")
-    if fmt != "pt":
-        try:
-            import onnxscript  # noqa: F401  (the exporter needs it; fail with our message, not torch's)
-        except ImportError:
-            raise CetlError("ONNX export needs the onnx extra: pip install 'cetl[onnx]'") from None
-    with atomic_output(path, suffix=path.suffix) as temporary:
-        if fmt == "pt":
-            program = torch.export.export(net, (example,), dynamic_shapes={"x": {0: batch}})
-            torch.export.save(program, str(temporary))
-        else:
-            torch.onnx.export(
-                net,
-                (example,),
-                str(temporary),
-                input_names=["images"],
-                output_names=["logits"],
-                dynamic_shapes={"x": {0: batch}},
-                dynamo=True,
-                external_data=False,
-            )
-    return path
+    if fmt == "pt":
+        if taps and list(taps) != [LOGITS]:
+            raise CetlError("a .pt2 program returns the logits only; export taps with --format onnx")
+        return export_program(net, path, image_shape=image_shape)
+    return export_onnx(net, path, image_shape=image_shape, taps=DEFAULT_TAPS if taps is None else taps)

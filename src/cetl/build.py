@@ -309,6 +309,8 @@ def build_method(config: ExperimentConfig, info: DataInfo, *, source: FrozenSour
         parts["labelled_domain"] = method_class.labelled_domain_for(config.setting)
     if "class_names" in wanted:
         parts["class_names"] = info.classes
+    if "setting" in wanted:
+        parts["setting"] = config.setting
     return method_class(config.method, target_net=target_net, **parts)
 
 

@@ -42,6 +42,7 @@ from torch import Tensor, nn
 from cetl.config import EngineConfig, OptimizerConfig, TrainConfig
 from cetl.data.labelled import LabelledSet
 from cetl.data.training import TrainingData
+from cetl.engine.averaging import WeightAverage
 from cetl.engine.balance import BalanceTracker, term_gradient_norms
 from cetl.engine.checkpoint import load_checkpoint, save_checkpoint
 from cetl.engine.distributed import SINGLE, World, current
@@ -242,14 +243,16 @@ def _batches(
     Every rank draws the same global batches and keeps its slice (``world.shard``).
 
     The first stream sets the epoch length (full batches only, unless the stream is smaller
-    than one batch); the others are cycled, each with its own seeded order.
+    than one batch); the others are cycled, each with its own seeded order. A stream's batch
+    is ``batch_size`` times its ``stage.batch_scale`` (1 unless the stage says otherwise).
     """
     sizes = [len(_stream_tensors(data, s)[0]) for s in stage.streams]
-    steps = max(1, sizes[0] // batch_size)
+    batch_sizes = [batch_size * stage.batch_scale.get(s, 1) for s in stage.streams]
+    steps = max(1, sizes[0] // batch_sizes[0])
     if max_steps is not None:
         steps = min(steps, max_steps)
 
-    def indices(stream: Stream, size: int) -> Iterator[Tensor]:
+    def indices(stream: Stream, size: int, batch_size: int) -> Iterator[Tensor]:
         pass_index = 0
         while True:
             generator = seeded_generator(seed, *map(str, tag), stream, str(pass_index))
@@ -262,7 +265,7 @@ def _batches(
             pass_index += 1
 
     def generate() -> Iterator[Batch]:
-        iterators = [indices(s, n) for s, n in zip(stage.streams, sizes, strict=True)]
+        iterators = [indices(*spec) for spec in zip(stage.streams, sizes, batch_sizes, strict=True)]
         for step in range(steps):
             fields: dict[str, Any] = {"progress": progress(step / steps)}
             for stream, iterator in zip(stage.streams, iterators, strict=True):
@@ -387,6 +390,10 @@ class _Run:
                     file=sys.stderr,
                 )
         world.broadcast_modules(networks.values())  # as DDP: every rank starts from rank 0's weights
+        decays = method.averaged_networks()
+        average = WeightAverage(networks, decays) if decays else None
+        if average is not None and resume:
+            average.load_state_dict(checkpoint["averages"])
         log = (
             MetricsLog(
                 run_dir / "metrics.jsonl",
@@ -402,6 +409,7 @@ class _Run:
 
         self.world, self.device, self.selection, self.data, self.rules = world, device, selection, data, rules
         self.autocast, self.engine, self.networks, self.state = autocast, engine, networks, state
+        self.average = average
         self.optimizer_states, self.log, self.watch, self.balance = optimizer_states, log, watch, balance
         self.skip_non_finite = engine.on_nan == "skip_batch"
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
@@ -409,6 +417,11 @@ class _Run:
         # The clock starts once setup (S's features, caches) is done, as a resumed run's did.
         self.started = time.perf_counter() - state.elapsed
         self.clock = RunClock(start_fraction=state.rounds_done / train_config.rounds)
+
+    def averaged(self) -> contextlib.AbstractContextManager[Any]:
+        """The weight averages in the networks (:mod:`cetl.engine.averaging`) for what evaluates,
+        selects or saves the selected weights; nothing when the method keeps none."""
+        return self.average.applied() if self.average is not None else contextlib.nullcontext()
 
     def optimizer_for(self, stage: Stage, update: Update) -> torch.optim.Optimizer:
         """The optimiser of ``(stage, update)``, made on first use and kept across rounds (D7);
@@ -549,6 +562,8 @@ class _Run:
                         if name != "loss":
                             state.term_steps[name] = state.term_steps.get(name, 0) + 1
                         terms[f"loss_{update.name}" if name == "loss" else name] = value
+                if self.average is not None:
+                    self.average.update()
                 stage_steps += 1
                 state.stage_steps[stage.name] = state.stage_steps.get(stage.name, 0) + 1
                 if state.global_step % train_config.log_every == 0:
@@ -589,16 +604,15 @@ class _Run:
             stage_records.append(self.run_stage(stage, round_index, position, len(stages)))
             self.balance.end_stage(round_index, stage.name)
             if train_config.eval_every_stage and position < len(stages) - 1:  # the last: the round's
-                self.stage_eval(round_index, stage.name, self.evaluate_accuracies())
+                with self.averaged():
+                    accuracies = self.evaluate_accuracies()
+                self.stage_eval(round_index, stage.name, accuracies)
         for record in stage_records:
             self.log.write(record, step=self.state.global_step)
         _update_convergence(self.state, stage_records, train_config.tol)
-        record = {
-            "kind": "eval",
-            "round": round_index,
-            "step": self.state.global_step,
-            **self.evaluate_accuracies(),
-        }
+        with self.averaged():
+            accuracies = self.evaluate_accuracies()
+        record = {"kind": "eval", "round": round_index, "step": self.state.global_step, **accuracies}
         if train_config.eval_every_stage and stages:
             self.stage_eval(round_index, stages[-1].name, record)
         self.end_round(round_index, record)
@@ -607,23 +621,23 @@ class _Run:
     def end_round(self, round_index: int, record: dict[str, Any]) -> None:
         """Complete the round's ``kind: eval`` record, select without target labels, checkpoint."""
         method, state, world = self.method, self.state, self.world
-        # Every applicable rule, not only the one that selects: each run then shows what
-        # the others would have chosen (their regret) without training again.
-        record |= unsupervised_scores(self.rules, method, self.data, autocast=self.autocast)
-        if self.train_config.monitor:
-            method.eval()
-            with torch.inference_mode():
-                record |= method.monitor(self.data)
-        state.history.append(record)
-        self.log.write(record, step=state.global_step)
-        score = selection_score(self.selection, record)
-        if self.selection == "last" or score > state.best.get("score", -math.inf):
-            state.best = {k: record[k] for k in ("round", "val_accuracy", "target_test_accuracy")}
-            state.best["score"] = score
-            if world.is_main:
-                save_checkpoint(
-                    self.run_dir / BEST_CHECKPOINT, {"networks": _state(self.networks), "best": state.best}
-                )
+        with self.averaged():  # what is scored and selected is what best.pt will hold
+            # Every applicable rule, not only the one that selects: each run then shows what
+            # the others would have chosen (their regret) without training again.
+            record |= unsupervised_scores(self.rules, method, self.data, autocast=self.autocast)
+            if self.train_config.monitor:
+                method.eval()
+                with torch.inference_mode():
+                    record |= method.monitor(self.data)
+            state.history.append(record)
+            self.log.write(record, step=state.global_step)
+            score = selection_score(self.selection, record)
+            if self.selection == "last" or score > state.best.get("score", -math.inf):
+                state.best = {k: record[k] for k in ("round", "val_accuracy", "target_test_accuracy")}
+                state.best["score"] = score
+                if world.is_main:
+                    selected = {"networks": _state(self.networks), "best": state.best}
+                    save_checkpoint(self.run_dir / BEST_CHECKPOINT, selected)
         state.rounds_done = round_index + 1
         state.elapsed = time.perf_counter() - self.started
         if world.is_main:
@@ -635,6 +649,7 @@ class _Run:
                     "method_state": method.resumable_state(),
                     "optimizers": optimizers,
                     "progress": dataclasses.asdict(state),
+                    **({"averages": self.average.state_dict()} if self.average is not None else {}),
                 },
             )
 

@@ -120,10 +120,7 @@ class DWAProtection:
         # Noise drawn here from those seeds, not inside the losses: the estimator can then
         # differentiate several micro-batches in one batched pass (``Stacked``).
         noise = (
-            [
-                self._noise(key, noise_seeds[:, slot], images, num_classes)
-                for slot, key in enumerate(losses)
-            ]
+            [self._noise(key, noise_seeds[:, slot], images, num_classes) for slot, key in enumerate(losses)]
             if self.sampled
             else []
         )

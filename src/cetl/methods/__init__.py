@@ -8,10 +8,12 @@ from cetl.methods.base import Batch, Method, Stage, Update
 from cetl.methods.baselines import SourceOnly, TargetOnly
 from cetl.methods.cetl import CETL, Baseline, Cetl, CetlE, CetlE2E, CetlFI
 from cetl.methods.cetl_sequential import CetlF, CetlU
-from cetl.methods.distillation import FSP, FitNets, KnowledgeDistillation
+from cetl.methods.distillation import FSP, FitNets
 from cetl.methods.drcn import DRCN
 from cetl.methods.fine_tune import FineTune
+from cetl.methods.fixmatch import FixMatch, FixMatchKD
 from cetl.methods.hint import FeatureHint
+from cetl.methods.kd import KnowledgeDistillation
 from cetl.methods.linear_probe import LinearProbe
 from cetl.methods.mmd import WDAN
 from cetl.methods.shot import Shot
@@ -43,6 +45,8 @@ METHODS.add("fine_tune", FineTune)  # Table 3's FT-VGG
 METHODS.add("shot", Shot)  # source-free: Liang et al., ICML 2020
 METHODS.add("hint", FeatureHint)  # forward-only feature distillation, no decoder (METHOD.md §11)
 METHODS.add("linear_probe", LinearProbe)  # a reference: S kept at inference
+METHODS.add("fixmatch", FixMatch)  # semi-supervised, no S: Sohn et al., NeurIPS 2020
+METHODS.add("fixmatch_kd", FixMatchKD)  # fixmatch + kd's soft term on the unlabelled images
 
 
 def method_config_class(name: str) -> type[MethodConfig]:

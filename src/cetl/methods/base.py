@@ -21,7 +21,9 @@ if TYPE_CHECKING:
     from cetl.data.training import TrainingData
     from cetl.fisher.protection import Collectives
 
-Component = Literal["source", "decoder", "source_adapter", "feature_cache", "labelled_domain", "class_names"]
+Component = Literal[
+    "source", "decoder", "source_adapter", "feature_cache", "labelled_domain", "class_names", "setting"
+]
 
 Stream = Literal["labelled", "target"]
 """``labelled``: the labelled training data (source images in domain adaptation, target images
@@ -139,6 +141,8 @@ class Stage:
         on_end: called once after the stage's epochs (e.g. to freeze T1′ or compute a GFI); may
             return numbers to log with the stage's record.
         epochs: epochs this stage runs in this round; ``None`` uses ``train.stage_epochs``.
+        batch_scale: per stream, its batch as a multiple of ``train.batch_size`` (FixMatch's μ
+            unlabelled images per labelled one); streams not named draw ``train.batch_size``.
     """
 
     name: str
@@ -146,6 +150,7 @@ class Stage:
     updates: tuple[Update, ...]
     on_end: Callable[[], dict[str, float] | None] | None = None
     epochs: int | None = None
+    batch_scale: Mapping[Stream, int] = field(default_factory=dict)
 
 
 class Method(nn.Module, metaclass=abc.ABCMeta):
@@ -166,8 +171,9 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     components: ClassVar[frozenset[Component]] = frozenset()
     """What ``build_method`` passes besides ``target_net`` (keyword arguments of the same
     names): ``source`` (the FrozenSource S), ``decoder`` (T1 mirrored from T2),
-    ``source_adapter`` (S's tap → T1's input, D1), ``feature_cache`` (D9) and
-    ``labelled_domain`` (resolved for the experiment's setting)."""
+    ``source_adapter`` (S's tap → T1's input, D1), ``feature_cache`` (D9),
+    ``labelled_domain`` (resolved for the experiment's setting), ``class_names`` and
+    ``setting`` (the experiment's, for a rule that differs by setting)."""
 
     @classmethod
     def labelled_domain_for(cls, setting: str) -> Literal["source", "target"]:
@@ -186,6 +192,12 @@ class Method(nn.Module, metaclass=abc.ABCMeta):
     @abc.abstractmethod
     def trainable_networks(self) -> dict[str, nn.Module]:
         """Networks the engine trains, checkpoints and (later) wraps in DDP; never the source."""
+
+    def averaged_networks(self) -> dict[str, float]:
+        """Names of :meth:`trainable_networks` whose exponential moving average the engine keeps,
+        each with its decay per optimiser step; evaluation, selection and the selected weights
+        are the average's (:mod:`cetl.engine.averaging`). Default: none."""
+        return {}
 
     def predict_labelled(self, x: Tensor) -> Tensor:
         """Logits for images of the *labelled* domain, which model selection scores. Equal to

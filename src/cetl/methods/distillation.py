@@ -5,7 +5,8 @@ only forward; in the shipped ``kd_*`` experiments it is a ResNet-26 this project
 seed and caches (``source.network``). The student is T2. Each method only names its loss terms;
 the engine trains them.
 
-- ``kd`` (Hinton et al. 2015): one stage, ``α·τ²·KL(p_t^τ ‖ p_s^τ) + (1−α)·CE``.
+- ``kd`` (Hinton et al. 2015): one stage, ``α·τ²·KL(p_t^τ ‖ p_s^τ) + (1−α)·CE``
+  (:mod:`cetl.methods.kd`, re-exported here, since FitNets' second stage is it).
 - ``fitnets`` (Romero et al. 2015): a *hint* stage that trains the student up to its guided
   layer, plus a regressor, to predict the teacher's hint layer (Eq. 3), then the KD stage.
 - ``fsp`` (Yim et al. 2017): an *fsp* stage that trains the student to reproduce the teacher's
@@ -27,19 +28,14 @@ from typing import ClassVar, Literal
 import torch
 from torch import Tensor, nn
 
-from cetl.config import MethodConfig, PositiveFloat, PositiveInt, Probability
-from cetl.data.training import TrainingData
+from cetl.config import MethodConfig, PositiveInt
 from cetl.errors import ConfigError
-from cetl.fisher.protection import Collectives
 from cetl.losses.classification import classification_loss
-from cetl.losses.distillation import fsp_loss, fsp_matrix, hint_loss, soft_target_loss
+from cetl.losses.distillation import fsp_loss, fsp_matrix, hint_loss
 from cetl.methods.base import Batch, Component, Method, Stage, Update, labels_by_setting
+from cetl.methods.kd import KDConfig, KnowledgeDistillation
 from cetl.networks import TapNetwork
 from cetl.source import FrozenSource
-
-TEACHER_BATCH = 512
-"""Images per teacher forward pass when its logits are precomputed."""
-
 
 # --------------------------------------------------------------------------- helpers
 
@@ -119,95 +115,6 @@ def hint_regressor(guided: tuple[int, ...], hint: tuple[int, ...]) -> nn.Module:
     )
 
 
-# --------------------------------------------------------------------------- kd
-
-
-@dataclass(frozen=True, kw_only=True)
-class KDConfig(MethodConfig):
-    """Options of Hinton et al.'s soft-target distillation."""
-
-    name: str = "kd"
-    temperature: PositiveFloat = 4.0
-    """τ of the soft targets on both sides (Hinton et al. 2015, Eq. 1)."""
-    soft_weight: Probability = 0.9
-    """α: the weight of the soft term; the hard-label cross-entropy weighs 1 − α."""
-
-
-class KnowledgeDistillation(Method):
-    """Hinton, Vinyals, Dean, "Distilling the Knowledge in a Neural Network" (2015), Eq. 1 and §2.
-
-    One stage, ``distill``, over the labelled images:
-    ``α · τ² · KL(softmax(t/τ) ‖ softmax(s/τ)) + (1 − α) · CE(s, y)``, with t the frozen
-    teacher's logits and s the student's. S never changes and never sees autograd, so its
-    logits for the labelled images are computed once in :meth:`prepare` and indexed per batch.
-
-    Args:
-        config: τ and α.
-        target_net: the student (T2).
-        source: the teacher (S), frozen.
-        labelled_domain: whose labels the student reads (``target`` in distillation).
-    """
-
-    Config = KDConfig
-    components: ClassVar[frozenset[Component]] = frozenset({"source", "labelled_domain"})
-
-    def __init__(
-        self,
-        config: KDConfig,
-        *,
-        target_net: TapNetwork,
-        source: FrozenSource,
-        labelled_domain: Literal["source", "target"],
-    ) -> None:
-        super().__init__()
-        self.config = config
-        self.target_net = target_net
-        self.source = source
-        self.labelled_domain = labelled_domain
-        self._teacher_logits: Tensor | None = None  # (N_labelled, K) once prepared
-
-    @classmethod
-    def labelled_domain_for(cls, setting: str) -> Literal["source", "target"]:
-        """The student's training labels: target data, except source data in domain adaptation
-        (where reading target labels would make it an oracle)."""
-        return labels_by_setting(setting)
-
-    def prepare(self, data: TrainingData, world: Collectives) -> None:
-        """Precompute the teacher's logits for every labelled image (S is frozen, inputs fixed)."""
-        self._teacher_logits = torch.cat(
-            [self.source.predict(chunk).float() for chunk in data.labelled.x.split(TEACHER_BATCH)]
-        )
-
-    def stages(self, round_index: int) -> list[Stage]:
-        return [self._distill_stage()]
-
-    def _distill_stage(self) -> Stage:
-        alpha = self.config.soft_weight
-        update = Update(
-            "target_net", (self.target_net,), self._distill, {"distill": alpha, "classify": 1 - alpha}
-        )
-        return Stage("distill", ("labelled",), (update,))
-
-    def _distill(self, batch: Batch) -> dict[str, Tensor]:
-        logits = self.target_net(batch.x)
-        teacher = self._teacher(batch.x, batch.idx)
-        return {
-            "distill": soft_target_loss(logits, teacher, self.config.temperature),
-            "classify": classification_loss(logits, batch.y),
-        }
-
-    def _teacher(self, x: Tensor, index: Tensor | None) -> Tensor:
-        if index is not None and self._teacher_logits is not None:
-            return self._teacher_logits[index]
-        return self.source.predict(x).float()
-
-    def predict(self, x: Tensor) -> Tensor:
-        return self.target_net(x)
-
-    def trainable_networks(self) -> dict[str, nn.Module]:
-        return {"target_net": self.target_net}
-
-
 # --------------------------------------------------------------------------- fitnets
 
 
@@ -243,8 +150,11 @@ class FitNets(KnowledgeDistillation):
         target_net: TapNetwork,
         source: FrozenSource,
         labelled_domain: Literal["source", "target"],
+        setting: str = "transfer",
     ) -> None:
-        super().__init__(config, target_net=target_net, source=source, labelled_domain=labelled_domain)
+        super().__init__(
+            config, target_net=target_net, source=source, labelled_domain=labelled_domain, setting=setting
+        )
         teacher = teacher_network(source, "fitnets")
         guided = _tap_shape(target_net, config.guided_layer, "method.guided_layer")
         hint = _tap_shape(teacher, config.hint_layer, "method.hint_layer")

@@ -216,7 +216,7 @@ def test_a_stage_draws_each_stream_at_its_own_batch_size():
 
 
 def test_the_engine_keeps_a_weight_average_equal_to_a_hand_computation(tmp_path):
-    data = synthetic_training_data(count=32)
+    data = synthetic_training_data(count=96)
     method = _averaged_target_only(decay=0.5)
     weights = []
     original = loop.run_update
@@ -239,21 +239,20 @@ def test_the_engine_keeps_a_weight_average_equal_to_a_hand_computation(tmp_path)
             run_dir=tmp_path,
             resume=False,
         )
-    assert len(weights) == 4
+    assert len(weights) == 12
     expected = initial
-    for step in weights:  # θ̄ ← 0.5 θ̄ + 0.5 θ after every step
-        expected = {k: 0.5 * expected[k] + 0.5 * step[k] for k in expected}
+    for n, step in enumerate(weights, start=1):  # θ̄ ← d θ̄ + (1 − d) θ, d = min(0.5, n / (n + 9))
+        decay = min(0.5, n / (n + 9))  # the warm-up, then 0.5 from step 9
+        expected = {k: decay * expected[k] + (1 - decay) * step[k] for k in expected}
     final = method.target_net.state_dict()  # the selected (last) weights are the average's
     for key, value in expected.items():
         torch.testing.assert_close(final[key], value, msg=key)
     assert not torch.equal(final["fc1.linear.weight"], weights[-1]["fc1.linear.weight"])
     saved = torch.load(tmp_path / "last.pt", weights_only=True)
-    torch.testing.assert_close(
-        saved["networks"]["target_net"]["fc1.linear.weight"], weights[-1]["fc1.linear.weight"]
-    )
-    torch.testing.assert_close(
-        saved["averages"]["target_net"]["fc1.linear.weight"], expected["fc1.linear.weight"]
-    )
+    key = "fc1.linear.weight"
+    torch.testing.assert_close(saved["networks"]["target_net"][key], weights[-1][key])  # trained
+    torch.testing.assert_close(saved["averages"]["networks"]["target_net"][key], expected[key])
+    assert saved["averages"]["updates"] == 12
 
 
 def _averaged_target_only(decay: float) -> Method:

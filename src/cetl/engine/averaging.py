@@ -6,17 +6,21 @@ being trained. The average is updated after every optimiser step, and the loop o
 step, so the average lives here (DESIGN.md: a method computes losses, the engine does the
 rest); a method only names the networks and their decay (:meth:`Method.averaged_networks`).
 
-After each step ``θ̄ ← d·θ̄ + (1 − d)·θ`` for every floating-point parameter; buffers (BatchNorm's
-running statistics, counters) are copied, as the reference implementations do, since a
-running mean is already an average. Evaluation, model selection and ``best.pt`` see the
-average (:meth:`WeightAverage.applied`); ``last.pt`` keeps the trained weights and the average
-beside them, so a resumed run continues both.
+After the n-th step (n = 1, 2, …) ``θ̄ ← d_n·θ̄ + (1 − d_n)·θ`` for every floating-point
+parameter, with ``d_n = min(d, n / (n + 9))`` — TensorFlow's ``ExponentialMovingAverage`` with
+``num_updates``, which FixMatch's code uses — so that in a short CPU run the average is not
+dominated by the initial weights (d = 0.999 remembers about 1,000 steps; a quick run may take
+300). Buffers (BatchNorm's running statistics, counters) are copied, as the reference
+implementations do, since a running mean is already an average. Evaluation, model selection
+and ``best.pt`` see the average (:meth:`WeightAverage.applied`); ``last.pt`` keeps the trained
+weights and the average beside them, so a resumed run continues both.
 """
 
 from __future__ import annotations
 
 import contextlib
 from collections.abc import Iterator, Mapping
+from typing import Any
 
 import torch
 from torch import Tensor, nn
@@ -48,6 +52,7 @@ class WeightAverage:
         self._parameters = {
             name: {key for key, _ in network.named_parameters()} for name, network in self.networks.items()
         }
+        self.updates = 0
         self.averages: dict[str, dict[str, Tensor]] = {
             name: {key: value.detach().clone() for key, value in network.state_dict().items()}
             for name, network in self.networks.items()
@@ -56,8 +61,10 @@ class WeightAverage:
     @torch.no_grad()
     def update(self) -> None:
         """One step of every average toward the networks' current weights."""
+        self.updates += 1
         for name, network in self.networks.items():
-            average, weight = self.averages[name], 1.0 - self.decays[name]
+            decay = min(self.decays[name], self.updates / (self.updates + 9))
+            average, weight = self.averages[name], 1.0 - decay
             for key, value in network.state_dict().items():
                 if key in self._parameters[name] and value.is_floating_point():
                     average[key].lerp_(value.detach(), weight)
@@ -79,10 +86,11 @@ class WeightAverage:
             for name, network in self.networks.items():
                 network.load_state_dict(trained[name])
 
-    def state_dict(self) -> dict[str, dict[str, Tensor]]:
-        return self.averages
+    def state_dict(self) -> dict[str, Any]:
+        return {"updates": self.updates, "networks": self.averages}
 
-    def load_state_dict(self, state: Mapping[str, Mapping[str, Tensor]]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        self.updates = int(state["updates"])
         for name in self.networks:
-            for key, value in state[name].items():
+            for key, value in state["networks"][name].items():
                 self.averages[name][key].copy_(value)

@@ -19,7 +19,9 @@ from cetl.data.training import TrainingData
 from cetl.engine import loop
 from cetl.engine.distributed import SINGLE
 from cetl.experiments import resolve
+from cetl.experiments.paper import TEACHER
 from cetl.losses.distillation import soft_target_loss
+from cetl.methods import METHODS
 from cetl.methods.base import Method, Stage
 from cetl.methods.baselines import TargetOnly
 from cetl.methods.fixmatch import FixMatch, FixMatchConfig
@@ -27,6 +29,7 @@ from cetl.networks import NETWORKS, TapNetwork
 from cetl.networks.base import Conv, Flatten, Linear, MaxPool
 from cetl.source import source_from_network
 from cetl.source.onnx import source_from_onnx
+from cetl.workflows.reproduce import get_table, reproduce
 from cetl.workflows.runs import train_run
 from helpers import make_method
 
@@ -312,3 +315,43 @@ def _make_kd_on(experiment: str) -> Method:
     source = source_from_network(teacher, tap="soft", temperature=4.0, description="test resnet26")
     info = DataInfo(num_classes=10, channels=3, image_size=32, sizes={}, notes=())
     return make_method("kd", experiment=experiment, source=source, info=info)
+
+
+# --------------------------------------------------------------------------- the forward-only curves
+
+
+def test_the_forward_only_studies_give_s_to_every_method_only_as_its_onnx_export():
+    for name in ("forward_only_mn_to_us", "forward_only_us_to_mn"):
+        table = get_table(name)
+        assert table.columns == ("1", "5", "10", "50")
+        methods = {c.method for c in table.cells}
+        assert methods == {TEACHER, "target_only", "kd", "hint", "fixmatch", "fixmatch_kd", "cetl"}
+        for cell in table.cells:
+            reads_s = cell.method != TEACHER and "source" in METHODS.get(cell.method).components
+            assert ("source.access=onnx" in cell.sets) == reads_s, cell.id
+            assert not any("target_init" in s for s in cell.sets)  # T2 from random weights everywhere
+
+
+@pytest.mark.needs_data
+def test_a_smoke_forward_only_column_trains_every_row_from_the_onnx_export(tmp_path, data_root):
+    pytest.importorskip("onnxscript")
+    pytest.importorskip("onnxruntime")
+    out = tmp_path / "runs"
+    folder, failed = reproduce(
+        get_table("forward_only_mn_to_us"),
+        [0],
+        profile="smoke",
+        out=out,
+        data_root=data_root,
+        sets=["train.rounds=1", "data.target_train_limit=500"],
+        only=[f"tl_mn_to_us_n1/{cell}" for cell in ("fixmatch", "kd-fo", "fixmatch_kd-fo", "cetl-fo")],
+        log=lambda line: None,
+    )
+    assert failed == 0
+    source = out / "digits_mn_to_us" / "smoke" / "source_only" / "seed0"
+    assert (source / SOURCE_ONNX).is_file()
+    for cell in ("kd-fo", "fixmatch_kd-fo", "cetl-fo"):
+        summary = json.loads((out / "tl_mn_to_us_n1" / "smoke" / cell / "seed0" / "summary.json").read_text())
+        assert "onnx source.onnx" in json.dumps(summary), cell
+    report = (folder / "report.md").read_text()
+    assert "Paired difference from `fixmatch`" in report and "| cetl |" in report

@@ -72,7 +72,13 @@ def test_each_run_seed_draws_its_own_labels_unless_labels_seed_fixes_them(data_r
 
 
 def test_the_studies_cover_both_directions_every_count_and_s():
-    assert set(STUDIES) == {"label_efficiency_mn_to_us", "label_efficiency_us_to_mn", "label_efficiency_demo"}
+    assert set(STUDIES) == {
+        "label_efficiency_mn_to_us",
+        "label_efficiency_us_to_mn",
+        "label_efficiency_demo",
+        "forward_only_mn_to_us",
+        "forward_only_us_to_mn",
+    }
     table = get_table("label_efficiency_mn_to_us")
     assert table.columns == (*map(str, LABELS_PER_CLASS), "all")
     assert {c.method for c in table.cells} >= {TEACHER, "target_only", "fine_tune", "cetl_e", "cetl"}

@@ -139,6 +139,9 @@ def test_onnx_source_through_the_cli(usps_folder: Path, source_run: Result, tmp_
     summary = json.loads((out / "summary.json").read_text())
     assert summary["source"].startswith("onnx target_net.onnx sha256:")
     assert (out / "target_net.onnx").is_file() and (out / "target_net.pt").is_file()
+    # A forward-only S: beside target_only, kd (S predicts the target's 10 classes) and fixmatch.
+    assert set(summary["baselines"]) == {"target_only", "kd", "fixmatch"}
+    assert "| kd |" in printed and "| fixmatch |" in printed
 
 
 def test_the_cli_calls_the_api_function(monkeypatch, usps_folder: Path, tmp_path: Path):
@@ -335,3 +338,11 @@ def test_adapt_trains_baselines_beside_its_run_and_reuses_them(
         main(["adapt", *common[: -len(FAST)], "--baselines", "fine_tun", "--out", str(tmp_path / "x")]) == 2
     )
     assert "did you mean 'fine_tune'" in capsys.readouterr().err
+
+
+def test_a_frozen_source_is_never_trained(usps_folder: Path, source_run: Result, tmp_path: Path, capsys):
+    common = ["--source", str(source_run.run_dir), "--target-data", str(usps_folder), "--profile", "smoke"]
+    code = main(["adapt", *common, "--frozen", "--method", "fine_tune", "--out", str(tmp_path / "x"), *FAST])
+    assert code == 2
+    assert "--method fine_tune trains S, but S may only be run forward here" in capsys.readouterr().err
+    assert not (tmp_path / "x").exists()

@@ -203,9 +203,15 @@ def _adapt_parser(commands: argparse._SubParsersAction) -> None:
     )
     adapt.add_argument(
         "--baselines",
-        default="target_only",
+        default="auto",
         help="methods trained beside --method on the same labels and seed, for a paired table "
-        "(comma-separated; default: target_only; e.g. target_only,fine_tune; none for none)",
+        "(comma-separated, e.g. target_only,fine_tune; none for none; default auto: target_only, and "
+        "for a forward-only S also kd where S predicts the target's classes, and fixmatch)",
+    )
+    adapt.add_argument(
+        "--frozen",
+        action="store_true",
+        help="S may only be run forward (never fine-tuned): forward-only baselines (an ONNX S always is)",
     )
     adapt.add_argument("--resume", action="store_true", help="continue the run in --out")
     adapt.add_argument("--overwrite", action="store_true", help="replace the run in --out")
@@ -507,6 +513,7 @@ def _adapt(args: argparse.Namespace) -> int:
             resume=args.resume,
             overwrite=args.overwrite,
             baselines=parse_baselines(args.baselines),
+            frozen=args.frozen,
         )
     metrics = result.metrics
     sizes = metrics.data_sizes

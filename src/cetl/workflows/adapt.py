@@ -68,6 +68,11 @@ SMALL_VALIDATION = 100
 """Fewer validation images than this get a note: one image is more than a point of accuracy."""
 DEFAULT_BASELINES = ("target_only",)
 """Trained beside every ``cetl adapt`` run: T2 on the labels alone, the bar borrowing must clear."""
+FORWARD_ONLY_BASELINES = ("target_only", "kd", "fixmatch")
+"""Trained beside a run whose S may only be run forward (an ONNX file, or ``frozen``): the
+methods a practitioner with such an S would reach for — S's predictions distilled on every
+target image (``kd``, only where S predicts the target's classes) and FixMatch, which needs no
+S (issue 36)."""
 SOURCE_FORMS = (
     "an .onnx file, a run folder of this project (holding summary.json), or a model name: "
     "torchvision NAME[:WEIGHTS] (e.g. resnet18:IMAGENET1K_V1), timm NAME (e.g. resnet18.a1_in1k) or a "
@@ -121,7 +126,8 @@ def adapt(
     data_root: str | None = None,
     resume: bool = False,
     overwrite: bool = False,
-    baselines: Sequence[str] = DEFAULT_BASELINES,
+    baselines: Sequence[str] | None = None,
+    frozen: bool = False,
     **overrides: Any,
 ) -> Result:
     """Train a target network on your own data, borrowing from a frozen source S.
@@ -147,7 +153,12 @@ def adapt(
             overrides, so the summary answers "did borrowing from S help?" (``baselines`` in
             ``summary.json``: each one's accuracy and the paired difference). A finished
             baseline with the same config is reused across calls; ``fine_tune`` is skipped
-            (with a note) for a source without trainable weights. ``()`` trains none.
+            (with a note) for a source without trainable weights. ``()`` trains none; ``None``
+            (default) chooses (:func:`auto_baselines`): ``target_only``, and for a forward-only
+            S also ``kd`` (where S predicts the target's classes) and ``fixmatch``.
+        frozen: S may only be run forward, whatever it is (a network you will not let anything
+            train): no method or baseline fine-tunes it, and the baselines are the forward-only
+            ones. An ONNX source is always forward-only.
         **overrides: config sections as nested mappings, e.g. ``train={"rounds": 4}``.
 
     Raises:
@@ -176,6 +187,14 @@ def adapt(
         )
 
     config = configure(method)
+    forward_only = source is not None and (frozen or config.source.kind == "onnx")
+    if forward_only and method in TRAINS_S:
+        raise ConfigError(
+            f"--method {method} trains S, but S may only be run forward here (--frozen or an ONNX file); "
+            f"pick a method that reads S forward (cetl, kd, hint) or drop --frozen"
+        )
+    if baselines is None:
+        baselines = auto_baselines(config, forward_only=forward_only)
     run_dir = Path(out) if out is not None else default_adapt_dir(config)
     summary = train_run(config, run_dir=run_dir, data_root=root, resume=resume, overwrite=overwrite)
     held_out = summary.data_sizes.get("labelled_val", 0)
@@ -189,8 +208,9 @@ def adapt(
     compared = {}
     for baseline in dict.fromkeys(b for b in baselines if b != method):
         baseline_config = configure(baseline, with_source=baseline != "target_only")
-        if baseline == "fine_tune" and baseline_config.source.kind == "onnx":
-            print("cetl: note: baseline fine_tune skipped: an ONNX source has no weights to fine-tune")
+        if baseline in TRAINS_S and forward_only:
+            why = "an ONNX source has no weights" if config.source.kind == "onnx" else "--frozen"
+            print(f"cetl: note: baseline {baseline} skipped: it trains S ({why})")
             continue
         folder = (
             default_adapt_dir(baseline_config) if out is None else run_dir.parent / "baselines" / baseline
@@ -203,6 +223,40 @@ def adapt(
         metrics = dataclasses.replace(metrics, baselines=compared)
         write_summary(run_dir / SUMMARY_FILE, metrics)
     return Result(target_net=net, metrics=metrics, run_dir=run_dir, config=config)
+
+
+TRAINS_S = ("fine_tune", "shot")
+"""Methods that train a copy of S, impossible for a forward-only one."""
+
+
+def auto_baselines(config: ExperimentConfig, *, forward_only: bool) -> tuple[str, ...]:
+    """The baselines :func:`adapt` trains unless told: ``target_only``; for a forward-only S
+    :data:`FORWARD_ONLY_BASELINES` (``kd`` only where S's logits are the target's classes)."""
+    if not forward_only:
+        return DEFAULT_BASELINES
+    if predicts_target_classes(config):
+        return FORWARD_ONLY_BASELINES
+    print("cetl: note: baseline kd skipped: S's logits are not the target's classes (their number or names)")
+    return tuple(name for name in FORWARD_ONLY_BASELINES if name != "kd")
+
+
+def predicts_target_classes(config: ExperimentConfig) -> bool:
+    """Whether S's logits can be distilled into T2: as many as the target's classes, with the
+    same names where S knows its class names."""
+    import torch
+
+    from cetl.build import build_source
+    from cetl.data.datasets import find_spec
+    from cetl.data.protocols import PROTOCOLS
+
+    protocol = PROTOCOLS[config.data.protocol]
+    run_dir = Path(config.source.path) if config.source.kind == "run" and config.source.path else None
+    source = build_source(config.source, run_dir=run_dir)
+    logits = source.predict(torch.zeros(1, protocol.channels, protocol.image_size, protocol.image_size))
+    classes = find_spec(config.data.target).classes
+    if logits.ndim != 2 or logits.shape[1] != len(classes):
+        return False
+    return not source.classes or tuple(source.classes) == tuple(classes)
 
 
 def _baseline(config: ExperimentConfig, run_dir: Path, root: DataRoot, metrics: RunSummary) -> dict[str, Any]:
@@ -296,8 +350,9 @@ def adapt_config(
     return config
 
 
-def parse_baselines(text: str) -> tuple[str, ...]:
-    """``--baselines``: comma-separated method names, or ``none``.
+def parse_baselines(text: str) -> tuple[str, ...] | None:
+    """``--baselines``: comma-separated method names, ``none``, or ``auto`` (``None``: let
+    :func:`adapt` choose by the source, :func:`auto_baselines`).
 
     Raises:
         ConfigError: an unknown method, with a suggestion.
@@ -306,6 +361,8 @@ def parse_baselines(text: str) -> tuple[str, ...]:
 
     if text.strip().lower() == "none":
         return ()
+    if text.strip().lower() == "auto":
+        return None
     names = tuple(dict.fromkeys(n.strip() for n in text.split(",") if n.strip()))
     for name in names:
         METHODS.get(name)  # unknown names fail here, with a "did you mean"

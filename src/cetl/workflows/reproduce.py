@@ -336,6 +336,7 @@ def reproduce(
             + " — reproduce into another --out, or move those cells away"
         )
     folder = report_dir(out, table, profile)
+    started_at = datetime.now(timezone.utc)
     manifest: dict[str, Any] = {
         "table": table.name,
         "profile": profile,
@@ -347,14 +348,16 @@ def reproduce(
         "command": command,
         "carry": [str(path) for path in carry],
         "hardware": hardware(),
-        "started": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "started": started_at.isoformat(timespec="seconds"),
         "reasons": {},
     }
     for task in tasks:
         if task.state in ("not run", "conflict"):
             manifest["reasons"].setdefault(task.cell.id, task.reason)
     call = {key: manifest[key] for key in ("command", "only", "carry", "seeds", "started", "hardware")}
-    stamp = manifest["started"].replace(":", "")  # the start orders the files; the suffix keeps them apart
+    # The start orders the files, to the microsecond (two calls of one process within a second
+    # kept their order only by chance); the suffix keeps calls of several processes apart.
+    stamp = started_at.isoformat(timespec="microseconds").replace(":", "")
     call_file = folder / CALLS_DIR / f"{stamp}-{os.getpid()}-{uuid.uuid4().hex[:8]}.json"
     for cell, reason in manifest["reasons"].items():
         log(f"{table.name} {cell}: {reason}")

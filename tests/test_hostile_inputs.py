@@ -67,3 +67,17 @@ def test_a_planted_cifar_pickle_runs_nothing_and_names_its_file(tmp_path, capsys
     assert code != 0
     assert f"{planted} is not a CIFAR batch file: its pickle asks for posix.system" in err
     assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("name", ["best.pt", "last.pt", "summary.json", "config.yaml"])
+def test_an_export_never_replaces_the_runs_own_files(tmp_path, capsys, name):
+    own = tmp_path / name
+    own.write_bytes(b"the run's own bytes")
+    assert main(["export", str(tmp_path), "--format", "onnx", "--output", str(own)]) != 0
+    assert "is one of the run's own files" in capsys.readouterr().err
+    assert own.read_bytes() == b"the run's own bytes"
+
+
+def test_an_export_to_a_folder_says_to_name_a_file(tmp_path, capsys):
+    assert main(["export", str(tmp_path), "--format", "onnx", "--output", str(tmp_path)]) != 0
+    assert "is a folder; give a file name" in capsys.readouterr().err

@@ -12,13 +12,15 @@ from pathlib import Path
 import torch
 from torch import Tensor
 
-from cetl.build import load_target_net
+from cetl.build import SOURCE_ONNX, load_target_net
 from cetl.config import ExperimentConfig
 from cetl.data.datasets import RawSplit
 from cetl.data.protocols import PROTOCOLS, to_protocol
+from cetl.engine.loop import BEST_CHECKPOINT, LAST_CHECKPOINT
 from cetl.errors import CetlError
 from cetl.networks.base import LOGITS
 from cetl.networks.export import DEFAULT_TAPS, export_onnx, export_program
+from cetl.run_folder import CONFIG_FILE, DATA_ROOT_FILE, SUMMARY_FILE
 
 
 def read_images(paths: list[Path], config: ExperimentConfig) -> Tensor:
@@ -51,6 +53,21 @@ def predict_files(run_dir: Path, paths: list[Path]) -> list[tuple[Path, int, flo
     return [(p, int(lab), float(c)) for p, lab, c in zip(paths, labels, confidence, strict=True)]
 
 
+RUN_FILES = (CONFIG_FILE, SUMMARY_FILE, DATA_ROOT_FILE, BEST_CHECKPOINT, LAST_CHECKPOINT, "metrics.jsonl")
+"""A run folder's own records, which an export must never replace (issue 37)."""
+
+
+def _check_output(path: Path, run_dir: Path) -> None:
+    """Refuse an export path that is a folder or one of the run's own files."""
+    if path.is_dir():
+        raise CetlError(f"--output {path} is a folder; give a file name, e.g. {path / 'model.onnx'}")
+    if path.resolve().parent == run_dir.resolve() and path.name in (*RUN_FILES, SOURCE_ONNX):
+        raise CetlError(
+            f"--output {path} is one of the run's own files, which the export would replace; "
+            f"write it elsewhere (default: {run_dir / 'model.onnx'})"
+        )
+
+
 def export_run(
     run_dir: Path, *, fmt: str, output: Path | None = None, taps: Sequence[str] | None = None
 ) -> Path:
@@ -65,9 +82,10 @@ def export_run(
         CetlError: taps asked for a ``.pt2`` program, or of a network without taps; the onnx
             extra missing.
     """
+    path = output or run_dir / ("model.pt2" if fmt == "pt" else "model.onnx")
+    _check_output(path, run_dir)
     _, net, info = load_target_net(run_dir)
     image_shape = (info.channels, info.image_size, info.image_size)
-    path = output or run_dir / ("model.pt2" if fmt == "pt" else "model.onnx")
     if fmt == "pt":
         if taps and list(taps) != [LOGITS]:
             raise CetlError("a .pt2 program returns the logits only; export taps with --format onnx")

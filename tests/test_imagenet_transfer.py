@@ -269,6 +269,8 @@ def test_table23_holds_every_row_the_issue_names_beside_the_papers_numbers():
         "cetl_fi",
         "cetl",
         "cetl-random_s",
+        "cetl_f-random_s",
+        "cetl_u-random_s",
         "hint",
         "linear_probe",
         "fine_tune-128px",

@@ -232,11 +232,14 @@ def _table23() -> Table:
         ("CETL_fi", "cetl_fi", 64.19, (), ""),
         ("CETL", "cetl", 65.33, (), ""),
         ("CETL, random-weight S (control)", "cetl", None, (f"source.model={_LITE0}:none",), "random_s"),
+        ("CETL_f, random-weight S (control)", "cetl_f", None, (f"source.model={_LITE0}:none",), "random_s"),
+        ("CETL_u, random-weight S (control)", "cetl_u", None, (f"source.model={_LITE0}:none",), "random_s"),
         ("Hint, no decoder (same access to S)", "hint", None, (), ""),
         ("Linear probe (reference: S at inference)", "linear_probe", None, (), ""),
         ("Fine-tuning S at 128 px (FT-VGG)", "fine_tune", 61.35, ("source.input_size=128",), "128px"),
     ]
     column = _LITE_COLUMNS[_LITE0]
+    probe_row = next(row for row, method, *_ in rows if method == "linear_probe")
     cells = [
         Cell(row, column, lite0, method, paper, sets=sets, variant=variant)
         for row, method, paper, sets, variant in rows
@@ -245,7 +248,7 @@ def _table23() -> Table:
         experiment = f"tl_{source}_to_cifar10s"
         cells += [
             Cell("CETL", _LITE_COLUMNS[source], experiment, "cetl", None),
-            Cell(rows[9][0], _LITE_COLUMNS[source], experiment, "linear_probe", None),
+            Cell(probe_row, _LITE_COLUMNS[source], experiment, "linear_probe", None),
         ]
     return Table(
         name="table23",

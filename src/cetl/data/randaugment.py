@@ -45,20 +45,26 @@ def _fill(x: Tensor) -> float:
     return 0.5 if x.shape[1] == 3 else 0.0
 
 
-def _affine(x: Tensor, matrices: Tensor) -> Tensor:
-    """Each image through its own 2×3 affine map (normalised coordinates), filled outside."""
+def _identity(count: int, device: torch.device) -> Tensor:
+    """``count`` identity 2×3 affine maps, to be edited per image."""
+    matrices = torch.zeros(count, 2, 3, device=device)
+    matrices[:, 0, 0] = matrices[:, 1, 1] = 1.0
+    return matrices
+
+
+def _affine(x: Tensor, matrices: Tensor, mode: str = "bilinear") -> Tensor:
+    """Each image through its own 2×3 affine map (normalised coordinates), filled outside;
+    ``nearest`` keeps whole-pixel shifts and flips exact."""
     grid = F.affine_grid(matrices, list(x.shape), align_corners=False)
     fill = _fill(x)
-    out = F.grid_sample(x - fill, grid, mode="bilinear", padding_mode="zeros", align_corners=False)
-    return out + fill
+    return F.grid_sample(x - fill, grid, mode=mode, padding_mode="zeros", align_corners=False) + fill
 
 
 def _geometric(kind: str) -> Callable[[Tensor, Tensor], Tensor]:
     """``(images, magnitudes in [-1, 1]) → images`` for a geometric operation of Table 12."""
 
     def apply(x: Tensor, m: Tensor) -> Tensor:
-        matrices = torch.zeros(len(x), 2, 3, device=x.device)
-        matrices[:, 0, 0] = matrices[:, 1, 1] = 1.0
+        matrices = _identity(len(x), x.device)
         if kind == "rotate":  # ±30°
             angle = m * math.radians(30)
             matrices[:, 0, 0], matrices[:, 0, 1] = angle.cos(), -angle.sin()
@@ -138,21 +144,13 @@ def weak(x: Tensor) -> Tensor:
     count, _, height, width = x.shape
     pad = max(1, round(TRANSLATE_WEAK * height))
     shifts = torch.randint(-pad, pad + 1, (count, 2), device=x.device)
-    matrices = torch.zeros(count, 2, 3, device=x.device)
-    matrices[:, 0, 0] = matrices[:, 1, 1] = 1.0
+    matrices = _identity(count, x.device)
     matrices[:, 0, 2] = 2 * shifts[:, 0] / width
     matrices[:, 1, 2] = 2 * shifts[:, 1] / height
     if x.shape[1] == 3:
         flip = torch.rand(count, device=x.device) < 0.5
         matrices[flip, 0, 0] = -1.0
-    return _affine_nearest(x, matrices)
-
-
-def _affine_nearest(x: Tensor, matrices: Tensor) -> Tensor:
-    """Whole-pixel shifts and flips: nearest sampling keeps them exact."""
-    grid = F.affine_grid(matrices, list(x.shape), align_corners=False)
-    fill = _fill(x)
-    return F.grid_sample(x - fill, grid, mode="nearest", padding_mode="zeros", align_corners=False) + fill
+    return _affine(x, matrices, mode="nearest")
 
 
 def cutout(x: Tensor) -> Tensor:

@@ -377,12 +377,14 @@ class _Run:
             method.prepare(data, world)
         state = _Progress()
         optimizer_states: dict[str, Any] = {}
+        averages: dict[str, Any] | None = None
         if resume:
             checkpoint = load_checkpoint(run_dir / LAST_CHECKPOINT, map_location=device)
             _load_networks(networks, checkpoint["networks"], run_dir / LAST_CHECKPOINT)
             method.load_resumable_state(checkpoint["method_state"])
             state = _Progress(**checkpoint["progress"])
             optimizer_states = dict(checkpoint["optimizers"])
+            averages = checkpoint.get("averages")
             if world.is_main:
                 print(
                     f"cetl: resuming '{run_dir}' after round {state.rounds_done} of {train_config.rounds} "
@@ -390,10 +392,10 @@ class _Run:
                     file=sys.stderr,
                 )
         world.broadcast_modules(networks.values())  # as DDP: every rank starts from rank 0's weights
-        decays = method.averaged_networks()
+        decays = method.averaged_networks()  # averaged from the weights every rank now shares
         average = WeightAverage(networks, decays) if decays else None
-        if average is not None and resume:
-            average.load_state_dict(checkpoint["averages"])
+        if average is not None and averages is not None:
+            average.load_state_dict(averages)
         log = (
             MetricsLog(
                 run_dir / "metrics.jsonl",

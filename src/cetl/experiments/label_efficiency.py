@@ -139,25 +139,42 @@ FixMatch, which needs no S. T2 starts from random weights in every row (S's weig
 there to start from)."""
 
 
+def _curve_table(
+    name: str,
+    title: str,
+    rows: tuple[tuple[str, str, str], ...],
+    columns: dict[str, str],
+    references: tuple[str, ...],
+    notes: tuple[str, ...] = (),
+) -> Table:
+    """A curve over labels per class: every ``(method, variant, row)`` in every ``{experiment: column}``."""
+    return Table(
+        name=name,
+        title=title,
+        rows=tuple(row for _, _, row in rows),
+        columns=tuple(columns.values()),
+        cells=tuple(
+            Cell(row, column, experiment, method, None, sets=VARIANT_SETS[variant], variant=variant)
+            for experiment, column in columns.items()
+            for method, variant, row in rows
+        ),
+        curve="labelled target images per class",
+        references=references,
+        notes=notes,
+    )
+
+
 def _study(source_short: str, target_short: str) -> Table:
     source, target = DIRECTIONS[(source_short, target_short)]
     columns = {
         name: "all" if n is None else str(n) for n, name in curve_experiments(source_short, target_short)
     }
-    return Table(
-        name=f"label_efficiency_{source_short}_to_{target_short}",
-        title=(
-            f"Label efficiency, {source.upper()} network → {target.upper()}: target test accuracy against "
-            f"labelled {target.upper()} images per class (not a paper table)"
-        ),
-        rows=tuple(row for _, _, row in CURVE_ROWS),
-        columns=tuple(columns.values()),
-        cells=tuple(
-            Cell(row, column, experiment, method, None, sets=VARIANT_SETS[variant], variant=variant)
-            for experiment, column in columns.items()
-            for method, variant, row in CURVE_ROWS
-        ),
-        curve="labelled target images per class",
+    return _curve_table(
+        f"label_efficiency_{source_short}_to_{target_short}",
+        f"Label efficiency, {source.upper()} network → {target.upper()}: target test accuracy against "
+        f"labelled {target.upper()} images per class (not a paper table)",
+        CURVE_ROWS,
+        columns,
         references=("fine_tune", "target_only"),
     )
 
@@ -167,21 +184,13 @@ def _forward_only_study(source_short: str, target_short: str) -> Table:
     columns = {
         name: str(n) for n, name in curve_experiments(source_short, target_short) if n in FORWARD_ONLY_LABELS
     }
-    return Table(
-        name=f"forward_only_{source_short}_to_{target_short}",
-        title=(
-            f"A source run only forward, {source.upper()} network → {target.upper()}: target test accuracy "
-            f"against labelled {target.upper()} images per class, S given to every method as its ONNX "
-            f"export (not a paper table)"
-        ),
-        rows=tuple(row for _, _, row in FORWARD_ONLY_ROWS),
-        columns=tuple(columns.values()),
-        cells=tuple(
-            Cell(row, column, experiment, method, None, sets=VARIANT_SETS[variant], variant=variant)
-            for experiment, column in columns.items()
-            for method, variant, row in FORWARD_ONLY_ROWS
-        ),
-        curve="labelled target images per class",
+    return _curve_table(
+        f"forward_only_{source_short}_to_{target_short}",
+        f"A source run only forward, {source.upper()} network → {target.upper()}: target test accuracy "
+        f"against labelled {target.upper()} images per class, S given to every method as its ONNX "
+        f"export (not a paper table)",
+        FORWARD_ONLY_ROWS,
+        columns,
         references=("target_only", "fixmatch", "cetl-fo"),
         notes=(
             "S is the other domain's LeNet, read by every method only through its ONNX export "

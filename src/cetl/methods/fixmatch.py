@@ -43,7 +43,7 @@ from cetl.fisher.protection import Collectives
 from cetl.losses.classification import classification_loss
 from cetl.losses.distillation import soft_target_loss
 from cetl.methods.base import Batch, Component, Method, Stage, Update, labels_by_setting
-from cetl.methods.kd import TEACHER_BATCH
+from cetl.methods.kd import cached_logits, teacher_logits
 from cetl.networks import TapNetwork
 from cetl.source import FrozenSource
 
@@ -156,15 +156,12 @@ class FixMatchKD(FixMatch):
         self._teacher: Tensor | None = None  # (N_target, K) once prepared
 
     def prepare(self, data: TrainingData, world: Collectives) -> None:
-        parts = data.target.split(TEACHER_BATCH)
-        self._teacher = torch.cat([self.source.predict(part).float() for part in parts])
+        self._teacher = teacher_logits(self.source, data.target)
 
     def _extra_weights(self) -> dict[str, float]:
         return {"distill": self.kd_config.distill_weight}
 
     def _extra_terms(self, batch: Batch, on_weak: Tensor) -> dict[str, Tensor]:
-        if self._teacher is not None and batch.idx_tgt is not None:
-            teacher = self._teacher[batch.idx_tgt]
-        else:
-            teacher = self.source.predict(batch.x_tgt).float()
+        assert batch.x_tgt is not None
+        teacher = cached_logits(self.source, batch.x_tgt, batch.idx_tgt, self._teacher)
         return {"distill": soft_target_loss(on_weak, teacher, self.kd_config.temperature)}

@@ -30,6 +30,18 @@ TEACHER_BATCH = 512
 """Images per teacher forward pass when its logits are precomputed."""
 
 
+def teacher_logits(source: FrozenSource, images: Tensor) -> Tensor:
+    """S's logits for ``images``, in chunks (S is frozen and its inputs fixed, so once per run)."""
+    return torch.cat([source.predict(chunk).float() for chunk in images.split(TEACHER_BATCH)])
+
+
+def cached_logits(source: FrozenSource, x: Tensor, index: Tensor | None, cached: Tensor | None) -> Tensor:
+    """A batch's rows of :func:`teacher_logits` when they were computed, else S run on ``x``."""
+    if index is not None and cached is not None:
+        return cached[index]
+    return source.predict(x).float()
+
+
 @dataclass(frozen=True, kw_only=True)
 class KDConfig(MethodConfig):
     """Options of Hinton et al.'s soft-target distillation."""
@@ -96,12 +108,9 @@ class KnowledgeDistillation(Method):
 
     def prepare(self, data: TrainingData, world: Collectives) -> None:
         """Precompute the teacher's logits for every image the soft term reads (S is frozen)."""
-        self._teacher_logits = self._predict_all(data.labelled.x)
+        self._teacher_logits = teacher_logits(self.source, data.labelled.x)
         if self.distill_unlabelled:
-            self._teacher_target = self._predict_all(data.target)
-
-    def _predict_all(self, images: Tensor) -> Tensor:
-        return torch.cat([self.source.predict(chunk).float() for chunk in images.split(TEACHER_BATCH)])
+            self._teacher_target = teacher_logits(self.source, data.target)
 
     def stages(self, round_index: int) -> list[Stage]:
         return [self._distill_stage()]
@@ -116,23 +125,18 @@ class KnowledgeDistillation(Method):
         return Stage("distill", ("labelled",), (update,))
 
     def _distill(self, batch: Batch) -> dict[str, Tensor]:
-        teacher = self._teacher(batch.x, batch.idx, self._teacher_logits)
+        teacher = cached_logits(self.source, batch.x, batch.idx, self._teacher_logits)
         if batch.x_tgt is None:
-            logits = self.target_net(batch.x)
-            student = logits
+            student = self.target_net(batch.x)
         else:  # one forward pass over both batches; the soft term averages over all of them
             student = self.target_net(torch.cat([batch.x, batch.x_tgt]))
-            logits = student[: len(batch.x)]
-            teacher = torch.cat([teacher, self._teacher(batch.x_tgt, batch.idx_tgt, self._teacher_target)])
+            unlabelled = cached_logits(self.source, batch.x_tgt, batch.idx_tgt, self._teacher_target)
+            teacher = torch.cat([teacher, unlabelled])
+        logits = student[: len(batch.x)]
         return {
             "distill": soft_target_loss(student, teacher, self.config.temperature),
             "classify": classification_loss(logits, batch.y),
         }
-
-    def _teacher(self, x: Tensor, index: Tensor | None, cached: Tensor | None) -> Tensor:
-        if index is not None and cached is not None:
-            return cached[index]
-        return self.source.predict(x).float()
 
     def predict(self, x: Tensor) -> Tensor:
         return self.target_net(x)

@@ -38,7 +38,7 @@ from cetl.source.adapters import resolve_input_transform
 from cetl.source.frozen import FrozenSource
 
 INSTALL_HINT = 'pip install "cetl[onnx]"'
-FIRST_OUTPUT_TAPS = ("coupling", "logits", "soft")
+ANY_FILE_TAPS = ("coupling", "logits", "soft")
 _NUMPY_TYPES = {"tensor(float)": np.float32, "tensor(float16)": np.float16, "tensor(double)": np.float64}
 
 
@@ -144,12 +144,12 @@ def source_from_onnx(
         output = tap
     elif tap == "coupling":
         output = model.outputs[0]
-    elif tap in FIRST_OUTPUT_TAPS:
+    elif tap in ANY_FILE_TAPS:
         output = model.logits_output
     else:
         raise ConfigError(
             f"ONNX source '{path.name}' has no output '{tap}'; its outputs: {', '.join(model.outputs)} "
-            f"(source.tap={'/'.join(FIRST_OUTPUT_TAPS)} work with any file; export more outputs with "
+            f"(source.tap={'/'.join(ANY_FILE_TAPS)} work with any file; export more outputs with "
             f"'cetl export RUN --format onnx --taps LAYER')"
         )
     if input_size is not None and model.size is not None and input_size != model.size:
